@@ -1,0 +1,79 @@
+"""All settings of the service, read once from `DEEPOPT_*` environment variables and validated at start."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings of the API and the workers. Defaults give the embedded mode: SQLite, a filesystem broker and
+    local files, all under `data_dir`; set `database_url` and `broker_url` to run distributed."""
+
+    model_config = SettingsConfigDict(env_prefix="DEEPOPT_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path(".deepopt"), description="Root of all local state in the embedded mode.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite under data_dir.")
+    broker_url: str | None = Field(None, description="Celery broker URL; default kombu's filesystem transport.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    max_upload_bytes: int = Field(4 * 1024**3, ge=1)
+    api_keys: str | None = Field(
+        None, description="Comma-separated API keys, each `KEY` or `TENANT:KEY`; unset = open, one tenant."
+    )
+
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    stale_after_s: float = Field(30.0, gt=0, description="A running job whose heartbeat is older is reaped.")
+    max_attempts: int = Field(3, ge=1, description="Runs of a job before a lost worker fails it.")
+    requeue_queued_after_s: float = Field(300.0, gt=0, description="Re-send a queued job's task after this.")
+    reaper_interval_s: float = Field(5.0, gt=0)
+    job_timeout_s: float = Field(6 * 3600.0, gt=0, description="Wall-clock limit of one job run.")
+    inspect_timeout_s: float = Field(120.0, gt=0)
+    queues: str = Field("cpu", description="Queues a worker consumes (comma-separated): cpu, gpu.")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'deepopt.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    def tenant_keys(self) -> dict[str, str]:
+        """Map of API key -> tenant name."""
+        keys: dict[str, str] = {}
+        for item in (self.api_keys or "").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            tenant, _, key = item.rpartition(":")
+            keys[key] = tenant or "default"
+        return keys
+
+
+@lru_cache
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings

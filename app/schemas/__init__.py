@@ -1,0 +1,111 @@
+"""Request and response bodies of the HTTP API v1."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from deepopt_core.specs import BenchmarkSettings, Device, OutputFormat, PassSpec, TensorInfo
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` to get the next page; null at the end.")
+
+
+class ModelRead(BaseModel):
+    id: str
+    name: str
+    format: str
+    filename: str
+    size_bytes: int
+    sha256: str
+    num_parameters: int
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    info: dict[str, Any] = Field(..., description="Everything inspection found (ops, opset, architecture).")
+    created_at: datetime
+
+
+class DatasetRead(BaseModel):
+    id: str
+    name: str
+    format: Literal["npz", "jsonl"]
+    filename: str
+    size_bytes: int
+    sha256: str
+    num_rows: int
+    arrays: dict[str, list[int]]
+    has_labels: bool
+    created_at: datetime
+
+
+class JobCreate(BaseModel):
+    """A pipeline of passes over an uploaded model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str
+    passes: list[PassSpec] = Field(..., min_length=1, max_length=32)  # type: ignore[valid-type]
+    calibration_dataset_id: str | None = None
+    eval_dataset_id: str | None = None
+    train_dataset_id: str | None = None
+    outputs: list[OutputFormat] | None = Field(
+        None, description="Formats to produce; default: ONNX for ONNX models, else the upload's format."
+    )
+    device: Device = "cpu"
+    benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class ArtifactRead(BaseModel):
+    id: str
+    job_id: str
+    kind: Literal["model", "adapter", "report", "plot"]
+    format: str
+    filename: str
+    size_bytes: int
+    sha256: str
+    download_url: str
+
+
+class BenchmarkRead(BaseModel):
+    id: str
+    job_id: str
+    artifact_id: str | None = Field(..., description="Null for the uploaded original.")
+    device: str
+    size_bytes: int
+    num_parameters: int
+    sparsity: float
+    latency_ms_p50: float | None
+    latency_ms_p95: float | None
+    throughput_per_s: float | None
+    peak_memory_bytes: int | None
+    metrics: dict[str, Any]
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobRead(BaseModel):
+    id: str
+    status: JobStatus
+    progress: float = Field(..., ge=0, le=1)
+    stage: str | None
+    model_id: str
+    spec: dict[str, Any]
+    error: JobError | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    artifacts: list[ArtifactRead]
+    benchmarks: list[BenchmarkRead]

@@ -1,0 +1,44 @@
+"""Errors the core raises for bad input; the API maps them to 4xx problem responses."""
+
+from __future__ import annotations
+
+
+class DeepOptError(Exception):
+    """Base of the core's errors about user input. `code` is a stable machine-readable name."""
+
+    code = "invalid_input"
+    status = 422
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class UnsupportedFormat(DeepOptError):
+    """The bytes are not a model format we read (415)."""
+
+    code = "unsupported_format"
+    status = 415
+
+
+class InvalidModel(DeepOptError):
+    """A known format, but unreadable, truncated, or unsafe (422)."""
+
+    code = "invalid_model"
+
+
+class UnsafeContent(DeepOptError):
+    """Pickles, escaping archive members or external-data paths, or oversized expansions (422)."""
+
+    code = "unsafe_content"
+
+
+class InvalidDataset(DeepOptError):
+    code = "invalid_dataset"
+
+
+class PassFailed(Exception):
+    """A pass could not complete on this model; the job fails with this message."""
+
+    code = "pass_failed"

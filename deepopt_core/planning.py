@@ -1,0 +1,99 @@
+"""Plan a pipeline before running it: which representation each pass runs on, and where ONNX export happens.
+
+A job may ask for ONNX and PyTorch outputs at once. Each output family is a *track*: the torch track runs
+every pass on the PyTorch model; the onnx track runs passes on PyTorch until the last pass that needs it (or an
+explicit `export` pass), exports, and runs the rest on the ONNX graph. The same function validates a job at
+submit time (no torch imported) and drives the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepopt_core.registry import get_pass
+from deepopt_core.specs import TORCH_FORMATS
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    """A reason a pipeline cannot run, with the location in the job spec (`("passes", 1)`)."""
+
+    loc: tuple[str | int, ...]
+    message: str
+
+
+class PlanError(ValueError):
+    def __init__(self, problems: list[PlanProblem]):
+        super().__init__("; ".join(f"{'.'.join(map(str, p.loc))}: {p.message}" for p in problems))
+        self.problems = problems
+
+
+@dataclass
+class Track:
+    """One run of the passes that ends in one representation, saved in `outputs`."""
+
+    representation: str  # "onnx" or "torch"
+    outputs: list[str]
+    export_before: int | None = None  # index of the pass before which the torch model is exported to ONNX
+    steps: list[tuple[int, str]] = field(default_factory=list)  # (pass index, representation it runs on)
+
+
+def default_outputs(model_format: str, passes: list[Any]) -> list[str]:
+    if model_format == "onnx" or any(p.type == "export" for p in passes):
+        return ["onnx"]
+    return [model_format]
+
+
+def plan(model_format: str, passes: list[Any], outputs: list[str] | None) -> list[Track]:
+    """Return the tracks that produce `outputs` from a model of `model_format`, or raise `PlanError`."""
+    outputs = list(dict.fromkeys(outputs or default_outputs(model_format, passes)))
+    problems: list[PlanProblem] = []
+    tracks: list[Track] = []
+    source_is_torch = model_format in TORCH_FORMATS
+
+    torch_outputs = [o for o in outputs if o in TORCH_FORMATS]
+    if torch_outputs:
+        if not source_is_torch:
+            problems.append(PlanProblem(("outputs",), f"{torch_outputs} needs a PyTorch model; this one is ONNX"))
+        else:
+            track = Track("torch", torch_outputs)
+            for i, spec in enumerate(passes):
+                if spec.type == "export":
+                    continue
+                if "torch" not in get_pass(spec.type).representations:
+                    problems.append(PlanProblem(("passes", i), f"{spec.type!r} has no PyTorch implementation"))
+                track.steps.append((i, "torch"))
+            if "hf" in torch_outputs and model_format != "hf":
+                problems.append(PlanProblem(("outputs",), "'hf' output needs a Hugging Face model upload"))
+            tracks.append(track)
+
+    if "onnx" in outputs:
+        track = Track("onnx", ["onnx"])
+        if source_is_torch:
+            needs_torch = [i for i, s in enumerate(passes) if "onnx" not in get_pass(s.type).representations]
+            explicit = [i for i, s in enumerate(passes) if s.type == "export"]
+            # Export after the last pass that only runs on PyTorch; an explicit export pass may move it later.
+            export_at = max(needs_torch + explicit, default=-1)
+            export_at = export_at if export_at >= 0 and passes[export_at].type == "export" else export_at + 1
+            track.export_before = export_at
+            for i, spec in enumerate(passes):
+                if spec.type == "export":
+                    continue
+                rep = "torch" if i < export_at else "onnx"
+                if rep not in get_pass(spec.type).representations:
+                    problems.append(PlanProblem(("passes", i), f"{spec.type!r} cannot run on {rep} here"))
+                track.steps.append((i, rep))
+        else:
+            for i, spec in enumerate(passes):
+                if spec.type == "export":
+                    problems.append(PlanProblem(("passes", i), "export converts PyTorch models; this one is ONNX"))
+                elif "onnx" not in get_pass(spec.type).representations:
+                    problems.append(PlanProblem(("passes", i), f"{spec.type!r} needs a PyTorch model"))
+                else:
+                    track.steps.append((i, "onnx"))
+        tracks.append(track)
+
+    if problems:
+        raise PlanError(problems)
+    return tracks

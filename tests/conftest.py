@@ -1,0 +1,183 @@
+"""Shared fixtures: an in-process API on a fresh SQLite store, and live services (API + worker processes)
+on the embedded default or on this machine's PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_ADMIN_URL = os.environ.get("DEEPOPT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("DEEPOPT_TEST_REDIS", "redis://127.0.0.1:6379/7")
+
+# Fast failure detection in tests: heartbeats every half second, a worker is dead after 4 s of silence.
+FAST_RECOVERY = {
+    "DEEPOPT_HEARTBEAT_INTERVAL_S": "0.5",
+    "DEEPOPT_STALE_AFTER_S": "4",
+    "DEEPOPT_REAPER_INTERVAL_S": "1",
+    "DEEPOPT_REQUEUE_QUEUED_AFTER_S": "20",
+}
+
+
+def reset_app_caches() -> None:
+    from app.api.deps import get_storage
+    from app.core.broker import get_sender
+    from app.core.config import get_settings
+    from app.core.db import get_engine, get_sessionmaker
+
+    if get_engine.cache_info().currsize:
+        get_engine().dispose()
+    for cached in (get_settings, get_engine, get_sessionmaker, get_storage, get_sender):
+        cached.cache_clear()
+
+
+@pytest.fixture
+def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point the app at a fresh data dir (SQLite + filesystem broker), migrated."""
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("DEEPOPT_DATA_DIR", str(data_dir))
+    for name in ("DEEPOPT_DATABASE_URL", "DEEPOPT_BROKER_URL", "DEEPOPT_API_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    reset_app_caches()
+    from app.core.migrate import upgrade
+
+    upgrade()
+    yield data_dir
+    reset_app_caches()
+
+
+@pytest.fixture
+def client(app_env: Path) -> Iterator[httpx.Client]:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app()) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveService:
+    """A real API (uvicorn) and real Celery worker processes sharing one environment."""
+
+    def __init__(self, env: dict[str, str], logs: Path):
+        self.env = env
+        self.logs = logs
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.api: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def migrate(self) -> None:
+        subprocess.run([sys.executable, "-m", "app.core.migrate"], env=self.env, cwd=ROOT, check=True)
+
+    def _spawn(self, command: list[str], name: str) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115  (closed with the process)
+        return subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+
+    def start_api(self) -> None:
+        from app.launcher import api_command
+
+        self.api = self._spawn(api_command("127.0.0.1", self.port), "api")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.api.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"API did not start:\n{self.log('api')}")
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        from app.launcher import worker_command
+
+        worker = self._spawn(worker_command("cpu"), f"worker-{len(self.workers)}")
+        self.workers.append(worker)
+        return worker
+
+    def kill_worker(self, worker: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        """Kill a worker's whole process group: the Celery process and its optimization child."""
+        os.killpg(worker.pid, sig)
+        worker.wait(timeout=30)
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.api]:
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in [*self.workers, self.api]:
+            if proc is not None:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def _base_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPOPT_")}
+    env.update(FAST_RECOVERY)
+    env["DEEPOPT_DATA_DIR"] = str(data_dir)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@pytest.fixture(params=["embedded", "postgres_redis"])
+def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of a whole deployment: embedded (SQLite + filesystem broker) or PostgreSQL + Redis."""
+    env = _base_env(tmp_path / "data")
+    if request.param == "embedded":
+        yield env
+        return
+    import redis
+    from sqlalchemy import create_engine, text
+
+    schema = f"deepopt_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    env["DEEPOPT_DATABASE_URL"] = f"{POSTGRES_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    env["DEEPOPT_BROKER_URL"] = REDIS_URL
+    try:
+        yield env
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+        redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+@pytest.fixture
+def live(backend_env: dict[str, str], tmp_path: Path) -> Iterator[LiveService]:
+    """API + one worker on the chosen backend; the test may start and kill more workers."""
+    service = LiveService(backend_env, tmp_path / "logs")
+    service.migrate()
+    service.start_api()
+    service.start_worker()
+    try:
+        yield service
+    finally:
+        service.stop()

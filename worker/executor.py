@@ -1,0 +1,311 @@
+"""Run one job: claim it, run the core pipeline in a child process, heartbeat, persist the results.
+
+The child process (`python -m deepopt_core.cli run request.json`) does all the model work, so a cancel or a
+time limit can stop it at once, and a crash in native code cannot take the worker down. This process keeps
+the job row current: heartbeat, progress, stage, and the final status, always guarded by `worker_id` so that a
+job the reaper took away (because this worker looked dead) is never finished twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from app.core.config import Settings, get_settings
+from app.core.db import session_scope
+from app.db.models import Artifact, Benchmark, Dataset, Job, Model, utcnow
+from app.storage import LocalStorage, copy_to
+
+log = logging.getLogger("deepopt.executor")
+
+MODEL_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2", "hf": "model.hf"}
+DATASET_ROLES = {"calibration": "calibration_dataset_id", "eval": "eval_dataset_id", "train": "train_dataset_id"}
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def claim(job_id: str, worker_id: str, settings: Settings) -> bool:
+    """Take the job if it is queued, or running with a stale heartbeat (its worker died). Atomic."""
+    now = utcnow()
+    stale_before = now - timedelta(seconds=settings.stale_after_s)
+    with session_scope() as session:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.cancel_requested.is_(False),
+                or_(Job.status == "queued", (Job.status == "running") & (Job.heartbeat_at < stale_before)),
+            )
+            .values(
+                status="running", worker_id=worker_id, heartbeat_at=now, attempts=Job.attempts + 1,
+                progress=0.0, stage="starting", error_code=None, error_message=None,
+            )
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return False
+        session.execute(update(Job).where(Job.id == job_id, Job.started_at.is_(None)).values(started_at=now))
+    return True
+
+
+def finish(job_id: str, worker_id: str, **values: Any) -> bool:
+    """Set a terminal status, only while this worker still owns the job."""
+    with session_scope() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+            .values(finished_at=utcnow(), **values)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass
+class ChildState:
+    """What the child process reported on stdout."""
+
+    progress: float = 0.0
+    stage: str = "starting"
+    error: dict[str, Any] | None = None
+    done: bool = False
+    lines: list[str] = field(default_factory=list)
+
+
+def _read_events(stream: Any, state: ChildState) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace").strip()
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            state.lines.append(line)
+            continue
+        kind = event.get("event")
+        if kind == "progress":
+            state.progress = float(event.get("progress", state.progress))
+            state.stage = str(event.get("stage") or state.stage)[:64]
+        elif kind == "error":
+            state.error = event
+        elif kind == "result":
+            state.done = True
+
+
+def _die_with_parent() -> None:
+    # The child must not outlive a worker killed with SIGKILL: PR_SET_PDEATHSIG (Linux).
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except Exception:
+        pass
+
+
+def prepare(job: Job, model: Model, datasets: dict[str, Dataset | None], storage: LocalStorage,
+            workdir: Path) -> Path:
+    """Lay out the child's inputs and request file; returns the request path."""
+    inputs = workdir / "inputs"
+    inputs.mkdir(parents=True)
+    model_path = copy_to(storage, model.storage_key, inputs / MODEL_FILENAMES.get(model.format, "model.bin"))
+    data: dict[str, str | None] = {}
+    for role, dataset in datasets.items():
+        data[role] = (
+            str(copy_to(storage, dataset.storage_key, inputs / f"{role}.{dataset.format}")) if dataset else None
+        )
+    spec = job.spec
+    request = {
+        "model": str(model_path),
+        "model_format": model.format,
+        "model_name": Path(model.filename).stem.split(".")[0] or "model",
+        "passes": spec["passes"],
+        "data": data,
+        "outputs": spec.get("outputs"),
+        "device": spec.get("device", "cpu"),
+        "benchmark": spec.get("benchmark"),
+        "workdir": str(workdir / "out"),
+    }
+    (workdir / "out").mkdir()
+    request_path = workdir / "request.json"
+    request_path.write_text(json.dumps(request, indent=2))
+    return request_path
+
+
+def execute_job(job_id: str) -> str:
+    """Claim and run job `job_id`. Returns what happened: skipped, succeeded, failed, cancelled or lost."""
+    settings = get_settings()
+    worker_id = worker_identity()
+    if not claim(job_id, worker_id, settings):
+        log.info("job %s: nothing to claim (done, cancelled, or running elsewhere)", job_id)
+        return "skipped"
+    storage = LocalStorage(settings.storage_dir)
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        model = session.get(Model, job.model_id)
+        assert model is not None
+        datasets = {
+            role: session.get(Dataset, job.spec.get(field)) if job.spec.get(field) else None
+            for role, field in DATASET_ROLES.items()
+        }
+        attempt = job.attempts
+        session.expunge_all()
+    job_dir = settings.work_dir / job_id
+    shutil.rmtree(job_dir, ignore_errors=True)  # leftovers of an earlier, dead attempt
+    workdir = job_dir / f"attempt-{attempt}"
+    try:
+        request_path = prepare(job, model, datasets, storage, workdir)
+        outcome = _run_child(job_id, worker_id, request_path, workdir, settings)
+        if outcome == "done":
+            return _persist(job_id, worker_id, workdir, storage)
+        return outcome
+    except Exception as exc:
+        log.exception("job %s failed in the worker", job_id)
+        finish(job_id, worker_id, status="failed", error_code="internal_error", error_message=str(exc)[:2000])
+        return "failed"
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _run_child(job_id: str, worker_id: str, request_path: Path, workdir: Path, settings: Settings) -> str:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    stderr_path = workdir / "stderr.log"
+    with open(stderr_path, "wb") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "deepopt_core.cli", "run", str(request_path)],
+            stdout=subprocess.PIPE, stderr=stderr, env=env, preexec_fn=_die_with_parent,
+        )
+        state = ChildState()
+        reader = threading.Thread(target=_read_events, args=(child.stdout, state), daemon=True)
+        reader.start()
+        started = time.monotonic()
+        next_beat = 0.0
+        try:
+            while True:
+                returncode = child.poll()
+                now = time.monotonic()
+                if returncode is None and now < next_beat:
+                    time.sleep(0.2)
+                    continue
+                if returncode is not None:
+                    reader.join(timeout=5)
+                    break
+                next_beat = now + settings.heartbeat_interval_s
+                verdict = _heartbeat(job_id, worker_id, state)
+                if verdict == "lost":
+                    log.warning("job %s: this worker no longer owns it; stopping", job_id)
+                    return "lost"
+                if verdict == "cancel":
+                    _stop(child)
+                    finish(job_id, worker_id, status="cancelled", stage="cancelled")
+                    return "cancelled"
+                if now - started > settings.job_timeout_s:
+                    _stop(child)
+                    finish(job_id, worker_id, status="failed", error_code="timeout",
+                           error_message=f"the job ran longer than {settings.job_timeout_s:.0f} s")
+                    return "failed"
+        finally:
+            if child.poll() is None:
+                _stop(child)
+    if returncode == 0 and state.done:
+        return "done"
+    if state.error is not None:
+        finish(job_id, worker_id, status="failed", error_code=str(state.error.get("code") or "pass_failed"),
+               error_message=str(state.error.get("message") or "the pipeline failed")[:4000])
+        return "failed"
+    tail = stderr_path.read_text(errors="replace")[-2000:] if stderr_path.exists() else ""
+    reason = f"signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+    finish(job_id, worker_id, status="failed", error_code="internal_error",
+           error_message=f"the optimization process ended with {reason}: {tail.strip()[-1500:]}")
+    return "failed"
+
+
+def _heartbeat(job_id: str, worker_id: str, state: ChildState) -> str:
+    try:
+        with session_scope() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+                .values(heartbeat_at=utcnow(), progress=min(state.progress, 0.99), stage=state.stage)
+            )
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return "lost"
+            cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+            return "cancel" if cancel else "ok"
+    except Exception:
+        # The database may be restarting; keep working and try again at the next beat.
+        log.exception("job %s: heartbeat failed", job_id)
+        return "ok"
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    child.terminate()
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _persist(job_id: str, worker_id: str, workdir: Path, storage: LocalStorage) -> str:
+    """Store the files, then write artifacts, benchmarks and `succeeded` in one transaction."""
+    from deepopt_core.result import Result
+
+    result = Result.model_validate_json((workdir / "out" / "result.json").read_text())
+    stored = [storage.put_file(Path(a.path)) for a in result.artifacts]
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.worker_id != worker_id or job.status != "running":
+            session.rollback()
+            return "lost"
+        artifacts = []
+        for artifact, blob in zip(result.artifacts, stored, strict=True):
+            row = Artifact(
+                job_id=job_id, tenant=job.tenant, kind=artifact.kind, format=artifact.format,
+                filename=artifact.filename[:255], size_bytes=blob.size_bytes, sha256=blob.sha256,
+                storage_key=blob.key,
+            )
+            session.add(row)
+            artifacts.append(row)
+        session.flush()
+        for position, bench in enumerate(result.benchmarks):
+            session.add(
+                Benchmark(
+                    job_id=job_id, position=position,
+                    artifact_id=artifacts[bench.artifact_index].id if bench.artifact_index is not None else None,
+                    device=bench.device, size_bytes=bench.size_bytes, num_parameters=bench.num_parameters,
+                    sparsity=bench.sparsity, latency_ms_p50=bench.latency_ms_p50,
+                    latency_ms_p95=bench.latency_ms_p95, throughput_per_s=bench.throughput_per_s,
+                    peak_memory_bytes=bench.peak_memory_bytes, metrics=bench.metrics,
+                )
+            )
+        cancelled = bool(job.cancel_requested)
+        guard = (Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+        if cancelled:
+            # Asked to stop at the very end: honour the cancel and keep no outputs.
+            session.rollback()
+            finish(job_id, worker_id, status="cancelled", stage="cancelled")
+            return "cancelled"
+        done = session.execute(
+            update(Job).where(*guard).values(
+                status="succeeded", progress=1.0, stage="done", finished_at=utcnow(),
+                result_info={"decisions": result.decisions, "warnings": result.warnings},
+            )
+        )
+        if not done.rowcount:  # type: ignore[attr-defined]
+            session.rollback()
+            return "lost"
+    return "succeeded"

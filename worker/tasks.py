@@ -1,0 +1,13 @@
+"""Celery tasks: thin, idempotent wrappers. The job row decides whether there is anything to do."""
+
+from __future__ import annotations
+
+from app.core.broker import RUN_JOB_TASK
+from worker.celery_app import celery_app
+from worker.executor import execute_job
+
+
+@celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_job(job_id: str) -> str:
+    """Claim job `job_id` and run it; a duplicate or stale delivery finds nothing to claim and returns."""
+    return execute_job(job_id)
