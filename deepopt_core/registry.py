@@ -6,6 +6,7 @@ passes and validating job specs (in the API process) never imports torch or ONNX
 
 from __future__ import annotations
 
+import builtins
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
@@ -29,12 +30,12 @@ class PassEntry:
     """
 
     type: str
-    configs: tuple[type, ...]
+    configs: tuple[builtins.type, ...]
     impl: str
     representations: tuple[Representation, ...]
     variant_field: str | None = None
 
-    def variant_of(self, config: type) -> str | None:
+    def variant_of(self, config: builtins.type) -> str | None:
         """The value of the variant field (`mode`, `method`) that selects `config`, or None."""
         if self.variant_field is None:
             return None
@@ -53,7 +54,7 @@ _REGISTRY: dict[str, PassEntry] = {}
 
 def register_pass(
     type: str,
-    configs: type | list[type],
+    configs: builtins.type | list[builtins.type],
     impl: str,
     representations: tuple[Representation, ...],
     variant_field: str | None = None,

@@ -36,12 +36,14 @@ def pass_tag(value: Any) -> str | None:
 
 
 def _pass_union() -> Any:
-    variants = []
+    variants: list[Any] = []
+    names: list[str] = []
     for entry in all_passes():
         for config in entry.configs:
             tag = entry.type if entry.variant_field is None else f"{entry.type}/{entry.variant_of(config)}"
             variants.append(Annotated[config, Tag(tag)])
-    tags = ", ".join(repr(str(v.__metadata__[0].tag)) for v in variants)
+            names.append(tag)
+    tags = ", ".join(repr(name) for name in names)
     # One flat union with a callable discriminator: nested `discriminator=` unions produce OpenAPI mappings
     # that point at schemas instead of refs, which the OpenAPI schema rejects.
     return Annotated[
@@ -57,7 +59,9 @@ def _pass_union() -> Any:
 PassSpec = _pass_union()
 """Discriminated union of every registered pass config, on `type` (and `mode`/`method` for variants)."""
 
-PASS_TAGS: frozenset[str] = frozenset(str(v.__metadata__[0].tag) for v in PassSpec.__origin__.__args__)
+PASS_TAGS: frozenset[str] = frozenset(
+    str(v.__metadata__[0].tag) for v in PassSpec.__origin__.__args__  # type: ignore[attr-defined]
+)
 """Union tags, which pydantic puts into validation error locations; the API drops them from field names."""
 
 

@@ -7,7 +7,15 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parents[2]
+
+def _project_root() -> Path:
+    """The folder with alembic.ini and migrations/: the source tree, or the working directory of an
+    installed copy (the Docker image runs from /srv/deepopt)."""
+    source = Path(__file__).resolve().parents[2]
+    return source if (source / "alembic.ini").is_file() else Path.cwd()
+
+
+ROOT = _project_root()
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -45,7 +45,7 @@ def validate_job(session: Session, tenant: str, body: JobCreate) -> tuple[Model,
         datasets[field] = dataset
 
     try:
-        plan(model.format, list(body.passes), body.outputs)
+        plan(model.format, list(body.passes), list(body.outputs) if body.outputs else None)
     except PlanError as exc:
         for p in exc.problems:
             loc = ".".join(str(x) for x in p.loc)
@@ -65,8 +65,8 @@ def validate_job(session: Session, tenant: str, body: JobCreate) -> tuple[Model,
         train=_info_or_none(datasets["train_dataset_id"]),
     )
     for index, spec in enumerate(body.passes):
-        for loc, message in check_pass(spec, context):
-            path = ".".join(str(x) for x in ("passes", index, *loc))
+        for location, message in check_pass(spec, context):
+            path = ".".join(str(x) for x in ("passes", index, *location))
             problems.append(FieldProblem(field=path, message=message, pointer="#/" + path.replace(".", "/")))
 
     unknown_shape = [t["name"] for t in model.info.get("inputs", []) if t.get("shape") is None]
