@@ -42,3 +42,9 @@ class PassFailed(Exception):
     """A pass could not complete on this model; the job fails with this message."""
 
     code = "pass_failed"
+
+
+class InvalidPipeline(DeepOptError):
+    """Pass specs that do not validate, or a pipeline the planner cannot run on this model (422)."""
+
+    code = "invalid_pipeline"

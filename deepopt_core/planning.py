@@ -66,6 +66,17 @@ def plan(model_format: str, passes: list[Any], outputs: list[str] | None) -> lis
                 track.steps.append((i, "torch"))
             if "hf" in torch_outputs and model_format != "hf":
                 problems.append(PlanProblem(("outputs",), "'hf' output needs a Hugging Face model upload"))
+            if "torch_export" in torch_outputs and model_format == "torchscript":
+                problems.append(PlanProblem(
+                    ("outputs",), "a TorchScript model cannot be re-exported with torch.export; ask for "
+                    "'torchscript' or 'onnx' output"))
+            quantized = [i for i, _ in track.steps if passes[i].type == "quantize"]
+            for fmt in ("torch_export", "hf"):
+                if fmt in torch_outputs and quantized:
+                    saved_as = "a torch.export (.pt2) program" if fmt == "torch_export" else "safetensors"
+                    problems.append(PlanProblem(
+                        ("passes", quantized[0]), f"a PyTorch model quantized with packed int8 weights cannot be "
+                        f"saved as {saved_as} ({fmt!r} output); ask for 'torchscript' or 'onnx' output"))
             tracks.append(track)
 
     if "onnx" in outputs:
@@ -93,6 +104,13 @@ def plan(model_format: str, passes: list[Any], outputs: list[str] | None) -> lis
                 else:
                     track.steps.append((i, "onnx"))
         tracks.append(track)
+
+    for track in tracks:
+        for i, rep in track.steps:
+            check = getattr(passes[i], "representation_problem", None)
+            message = check(rep) if callable(check) else None
+            if message and PlanProblem(("passes", i), message) not in problems:
+                problems.append(PlanProblem(("passes", i), message))
 
     if problems:
         raise PlanError(problems)

@@ -24,6 +24,12 @@ class DynamicQuantizeConfig(PassConfig):
         default_factory=list, description="Node names (ONNX) or module names (PyTorch) to leave in float."
     )
 
+    def representation_problem(self, representation: str) -> str | None:
+        """Why these settings cannot run on `representation` ("onnx" or "torch"), or None."""
+        if representation == "torch" and self.weight_dtype != "int8":
+            return "PyTorch dynamic quantization stores int8 weights; weight_dtype 'uint8' needs an ONNX output"
+        return None
+
 
 # The first is the default when `mode` is omitted.
 QUANTIZE_CONFIGS: list[type[PassConfig]] = [DynamicQuantizeConfig]

@@ -1,0 +1,1 @@
+"""Benchmarking and quality metrics of saved models (see :func:`deepopt_core.evaluate.benchmark.benchmark_models`)."""

@@ -1,0 +1,134 @@
+"""Run a saved model: ONNX Runtime for ONNX, torch for TorchScript, .pt2 and Hugging Face models."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepopt_core.specs import ModelInfo
+
+log = logging.getLogger("deepopt.evaluate")
+
+
+class Runner:
+    """A loaded model that maps an input feed (name -> array) to its outputs (list of arrays)."""
+
+    format: str = ""
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        raise NotImplementedError
+
+    def sparsity(self) -> Any:
+        """A :class:`deepopt_core.sparsity.SparsityReport` of the loaded model."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+
+class OrtRunner(Runner):
+    """ONNX Runtime on the CPU execution provider; inputs are cast to the session's input types."""
+
+    format = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        from deepopt_core.formats.onnx_inspect import load_onnx
+
+        self.path = Path(path)
+        self.model = load_onnx(self.path)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.inter_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name: _ORT_TYPES.get(i.type, None) for i in self.session.get_inputs()}
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        ready = {}
+        for name, dtype in self.inputs.items():
+            array = feed[name]
+            ready[name] = array.astype(dtype, copy=False) if dtype is not None else array
+        return [np.asarray(o) for o in self.session.run(None, ready)]
+
+    def num_parameters(self) -> int:
+        from deepopt_core.formats.onnx_inspect import count_parameters
+
+        return count_parameters(self.model)
+
+    def sparsity(self) -> Any:
+        from deepopt_core.sparsity import onnx_sparsity
+
+        return onnx_sparsity(self.model)
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}  # fmt: skip
+
+
+class TorchRunner(Runner):
+    """A torch module (TorchScript, .pt2 or Hugging Face), called with its inputs positionally."""
+
+    def __init__(self, path: str | Path, model_format: str, info: ModelInfo, threads: int | None = None,
+                 workdir: str | Path | None = None):
+        import torch
+
+        from deepopt_core.formats import load_torch_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.format = model_format
+        self.names = [t.name for t in info.inputs]
+        self.module, _ = load_torch_model(path, model_format, workdir)
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from deepopt_core.formats.torch_common import run_module
+
+        return run_module(self.module, feed, self.names)
+
+    def num_parameters(self) -> int:
+        from deepopt_core.formats.torch_common import count_parameters
+
+        return count_parameters(self.module)
+
+    def sparsity(self) -> Any:
+        from deepopt_core.sparsity import torch_sparsity
+
+        return torch_sparsity(self.module)
+
+
+def open_runner(path: str | Path, model_format: str, info: ModelInfo, *, threads: int | None = None,
+                workdir: str | Path | None = None) -> Runner:
+    """Load the model at `path` for running."""
+    if model_format == "onnx":
+        return OrtRunner(path, threads)
+    return TorchRunner(path, model_format, info, threads, workdir)
+
+
+def size_on_disk(path: str | Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return os.path.getsize(path)
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from /proc/self/statm (0 where that does not exist)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -1,0 +1,139 @@
+"""ONNX files: load, save, and export PyTorch models to ONNX.
+
+Export tries the legacy TorchScript-based exporter first (``dynamo=False``: fast, and it handles TorchScript
+modules), with the symbolic dimensions of the source model as dynamic axes; if that fails it falls back to the
+dynamo exporter. ``torch.export`` graph modules are traced to TorchScript first (the legacy exporter cannot switch
+them to eval mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from deepopt_core.formats.onnx_inspect import load_onnx
+from deepopt_core.specs import TensorInfo
+
+log = logging.getLogger("deepopt.formats")
+_TWO_GB = 2**31 - 1
+
+
+def load_onnx_model(path: str | Path) -> onnx.ModelProto:
+    """Parse an ONNX file (single file; see :func:`deepopt_core.formats.onnx_inspect.load_onnx`)."""
+    return load_onnx(path)
+
+
+def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Save as one file.
+
+    Raises:
+        ValueError: the model is larger than protobuf's 2 GB limit.
+    """
+    path = Path(path)
+    if model.ByteSize() > _TWO_GB:
+        raise ValueError("the model is larger than 2 GB, which one ONNX file cannot hold")
+    onnx.save(model, str(path))
+    return path
+
+
+def _dynamic_axes(inputs: list[TensorInfo], output_names: list[str], dynamic_batch: bool,
+                  output_ranks: list[int]) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    has_sequence = False
+    for tensor in inputs:
+        dims: dict[int, str] = {}
+        for axis, dim in enumerate(tensor.shape or []):
+            if isinstance(dim, int):
+                continue
+            if axis == 0:
+                if dynamic_batch:
+                    dims[0] = "batch"
+            else:
+                dims[axis] = str(dim) if dim else f"{tensor.name}_dim{axis}"
+                has_sequence = has_sequence or dim == "sequence"
+        if dims:
+            axes[tensor.name] = dims
+    for name, rank in zip(output_names, output_ranks, strict=True):
+        dims = {0: "batch"} if dynamic_batch and rank > 0 else {}
+        if has_sequence and rank >= 3:
+            dims[1] = "sequence"
+        if dims:
+            axes[name] = dims
+    return axes
+
+
+def export_to_onnx(module: Any, path: str | Path, example: dict[str, np.ndarray], inputs: list[TensorInfo], *,
+                   opset: int = 17, dynamic_batch: bool = True,
+                   output_names: list[str] | None = None) -> onnx.ModelProto:
+    """Export a torch module (inputs positionally, in `inputs` order) to an ONNX file and return the model.
+
+    Args:
+        module: ScriptModule, ``torch.export`` GraphModule, or eager module (e.g. a Hugging Face wrapper).
+        path: where to write the .onnx file.
+        example: example inputs by name (one batch).
+        inputs: the source model's inputs: names, order, and which dimensions are symbolic.
+        opset: ONNX opset version.
+        dynamic_batch: export the first dimension as a symbolic ``batch``.
+        output_names: names for the outputs (defaults: the source's, else ``output_<i>``).
+
+    Raises:
+        RuntimeError: both exporters failed (the message has both reasons).
+    """
+    import torch
+
+    from deepopt_core.formats.torch_common import is_graph, run_module, to_tensors
+
+    path = Path(path)
+    names = [t.name for t in inputs if t.name in example]
+    args = tuple(to_tensors(example, names))
+    outputs = run_module(module, example, names)
+    if output_names is None or len(output_names) != len(outputs):
+        wrapper_names = list(getattr(module, "output_names", []) or [])
+        output_names = wrapper_names if len(wrapper_names) == len(outputs) else [f"output_{i}" for i in
+                                                                                   range(len(outputs))]
+    used_inputs = [t for t in inputs if t.name in names]
+    axes = _dynamic_axes(used_inputs, output_names, dynamic_batch, [o.ndim for o in outputs])
+    subject = module
+    if is_graph(module):
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            subject = torch.jit.trace(module, args, strict=False, check_trace=False)
+    errors = []
+    for dynamo in (False, True):
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                kwargs: dict[str, Any] = {"dynamic_axes": axes} if not dynamo else {"dynamic_shapes": None}
+                if dynamo and axes:
+                    kwargs = {"dynamic_shapes": _dynamo_shapes(used_inputs, axes, args), "optimize": True}
+                torch.onnx.export(
+                    subject if not dynamo else module, args, str(path), input_names=names,
+                    output_names=output_names, opset_version=opset, dynamo=dynamo, **kwargs,
+                )  # fmt: skip
+            model = onnx.load(str(path))
+            log.info("exported to ONNX with the %s exporter (opset %d)", "dynamo" if dynamo else "legacy", opset)
+            return model
+        except Exception as exc:  # the exporters raise many kinds; keep both reasons
+            log.warning("%s ONNX export failed: %s", "dynamo" if dynamo else "legacy", str(exc)[:500])
+            errors.append(f"{'dynamo' if dynamo else 'legacy'} exporter: {str(exc).splitlines()[0][:300]}")
+    raise RuntimeError("ONNX export failed; " + "; ".join(errors))
+
+
+def _dynamo_shapes(inputs: list[TensorInfo], axes: dict[str, dict[int, str]], args: tuple[Any, ...]) -> Any:
+    import torch
+
+    dims: dict[str, Any] = {}
+    shapes = []
+    for tensor, arg in zip(inputs, args, strict=True):
+        spec = {}
+        for axis, name in axes.get(tensor.name, {}).items():
+            if axis < arg.dim():
+                dims.setdefault(name, torch.export.Dim(name.replace("-", "_"), min=1, max=65536))
+                spec[axis] = dims[name]
+        shapes.append(spec)
+    return tuple(shapes)

@@ -1,0 +1,186 @@
+"""What the torch formats share: finding prunable and quantized weights, counting parameters, running a module.
+
+A torch model in the pipeline is an ``nn.Module`` callable with its inputs positionally, in the order of its
+``ModelInfo.inputs``: a TorchScript ``ScriptModule``, the ``GraphModule`` of a ``torch.export`` program, or a
+Hugging Face model inside :class:`deepopt_core.formats.hf.HFWrapper`. The helpers here handle all three, before
+and after dynamic quantization.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger("deepopt.formats")
+
+PRUNABLE_KINDS = ("Linear", "NonDynamicallyQuantizableLinear", "Conv1d", "Conv2d", "Conv3d", "Conv1D")
+_FX_WEIGHT_OPS = {
+    "aten.linear.default", "aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default",
+    "aten.convolution.default", "aten._convolution.default", "aten.conv1d.padding", "aten.conv2d.padding",
+}  # fmt: skip
+
+
+HF_PREFIX = "hf_model."
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The Hugging Face model inside a wrapper, else the module itself (names are reported relative to it)."""
+    if getattr(type(module), "is_hf_wrapper", False):
+        return module.hf_model  # type: ignore[return-value]
+    return module
+
+
+def is_script(module: Any) -> bool:
+    return isinstance(module, torch.jit.ScriptModule)
+
+
+def is_graph(module: Any) -> bool:
+    return isinstance(module, torch.fx.GraphModule)
+
+
+def kind_of(module: nn.Module) -> str:
+    """Class name of a module; for TorchScript, the name of the Python class it was compiled from."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return str(getattr(module, "original_name", type(module).__name__))
+    return type(module).__name__
+
+
+def prunable_params(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Float weights of Linear/Conv layers, by layer name (``fc1``); never biases or embeddings."""
+    module = unwrap(module)
+    found: dict[str, torch.Tensor] = {}
+    if is_graph(module):
+        for node in module.graph.nodes:
+            if node.op == "call_function" and str(node.target) in _FX_WEIGHT_OPS and len(node.args) > 1:
+                weight = node.args[1]
+                if getattr(weight, "op", None) == "get_attr":
+                    tensor = get_attr(module, str(weight.target))
+                    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.dim() >= 2:
+                        found[str(weight.target).removesuffix(".weight").removeprefix(HF_PREFIX)] = tensor
+        return found
+    for name, sub in module.named_modules():
+        if kind_of(sub) in PRUNABLE_KINDS:
+            weight = getattr(sub, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.dim() >= 2:
+                found[name.removeprefix(HF_PREFIX)] = weight
+    return found
+
+
+def get_attr(module: nn.Module, target: str) -> Any:
+    value: Any = module
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _script_packed_params(module: torch.jit.ScriptModule) -> Iterator[tuple[str, Any]]:
+    """Packed quantized Linear params inside a TorchScript module: ``_packed_params`` of traced quantized Linear
+    modules, and the ``*_packed_weight_*`` attributes that graph-mode quantization attaches."""
+    for prefix, sub in module.named_modules():
+        names = {"_packed_params"}
+        for method in sub._c._method_names():
+            try:
+                graph = sub._c._get_method(method).graph
+            except RuntimeError:
+                continue
+            names.update(n.s("name") for n in graph.nodes() if n.kind() == "prim::GetAttr")
+        for attr in sorted(names):
+            if not sub._c.hasattr(attr):
+                continue
+            value = sub._c.getattr(attr)
+            if isinstance(value, torch.ScriptObject) and "PackedParams" in str(value._type()):
+                layer = prefix.removesuffix("._packed_params").removesuffix("_packed_params")
+                if attr != "_packed_params":
+                    layer = f"{layer}.{attr}" if layer else attr
+                yield layer.removeprefix(HF_PREFIX), value
+
+
+def quantized_weights(module: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Quantized Linear weights (and biases) by layer name, from eager dynamic modules or TorchScript packs."""
+    module = unwrap(module)
+    found: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    if is_script(module):
+        for name, packed in _script_packed_params(module):
+            try:
+                weight, bias = torch.ops.quantized.linear_unpack(packed)
+            except RuntimeError:
+                continue
+            found[name] = (weight, bias)
+        return found
+    for name, sub in module.named_modules():
+        weight_fn = getattr(sub, "weight", None)
+        if callable(weight_fn) and not isinstance(weight_fn, torch.Tensor) and hasattr(sub, "_packed_params"):
+            weight = weight_fn()
+            bias_fn = getattr(sub, "bias", None)
+            bias = bias_fn() if callable(bias_fn) else None
+            if isinstance(weight, torch.Tensor) and weight.is_quantized:
+                found[name] = (weight, bias)
+    return found
+
+
+def zeros_of_quantized(weight: torch.Tensor) -> tuple[int, int]:
+    """(zeros, total) of a quantized tensor: elements whose integer value equals the zero point."""
+    values = weight.int_repr()
+    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
+                            torch.per_channel_affine_float_qparams):
+        shape = [1] * values.dim()
+        axis = weight.q_per_channel_axis()
+        shape[axis] = values.shape[axis]
+        zero_points = weight.q_per_channel_zero_points().reshape(shape)
+    else:
+        zero_points = torch.tensor(weight.q_zero_point())
+    return int((values == zero_points).sum()), values.numel()
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Elements of parameters plus those of quantized weights and biases (which are not parameters)."""
+    module = unwrap(module)
+    total = sum(p.numel() for p in module.parameters())
+    for weight, bias in quantized_weights(module).values():
+        total += weight.numel() + (bias.numel() if bias is not None else 0)
+    return int(total)
+
+
+def module_kinds(module: nn.Module) -> dict[str, int]:
+    """Counts of leaf module kinds (``Linear``: 3), or of called ops for a ``torch.export`` graph."""
+    module = unwrap(module)
+    counts: Counter[str] = Counter()
+    if is_graph(module):
+        for node in module.graph.nodes:
+            if node.op == "call_function":
+                counts[str(node.target).removesuffix(".default")] += 1
+    else:
+        for _, sub in module.named_modules():
+            if not any(True for _ in sub.children()):
+                counts[kind_of(sub)] += 1
+    return dict(sorted(counts.items()))
+
+
+def to_tensors(feed: dict[str, np.ndarray], names: list[str]) -> list[torch.Tensor]:
+    """Inputs in `names` order as tensors (missing optional inputs are left out at the end)."""
+    return [torch.from_numpy(np.ascontiguousarray(feed[name])) for name in names if name in feed]
+
+
+def flatten_outputs(value: Any) -> list[np.ndarray]:
+    """Tensors of a module's output (tensor, tuple, list, dict, ModelOutput), in order, as numpy arrays."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.dequantize() if value.is_quantized else value
+        return [tensor.detach().cpu().float().numpy() if tensor.dtype == torch.bfloat16 else
+                tensor.detach().cpu().numpy()]
+    if isinstance(value, dict):
+        return [array for item in value.values() for array in flatten_outputs(item)]
+    if isinstance(value, list | tuple):
+        return [array for item in value for array in flatten_outputs(item)]
+    return []
+
+
+def run_module(module: nn.Module, feed: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+    """Run `module` on `feed` (inputs in `names` order) without autograd; return its outputs as arrays."""
+    with torch.inference_mode():
+        return flatten_outputs(module(*to_tensors(feed, names)))

@@ -1,0 +1,288 @@
+"""Run a pipeline of passes on a model: plan, run each track, save and verify outputs, benchmark.
+
+Every output file is loaded back from disk and run on sample inputs before it is reported; a file that does not
+load or run (or gives non-finite outputs) fails the job. The original and each output are then benchmarked with
+the same settings and inputs (:mod:`deepopt_core.evaluate`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import TypeAdapter, ValidationError
+
+from deepopt_core.datasets import Dataset, check_dataset_for_model, inspect_dataset, load_dataset
+from deepopt_core.errors import DeepOptError, InvalidDataset, InvalidPipeline, PassFailed
+from deepopt_core.evaluate.inputs import dataset_feed, synthetic_feed, take
+from deepopt_core.formats import FILE_SUFFIXES, inspect_model
+from deepopt_core.passes.context import ModelHandle, PassContext
+from deepopt_core.planning import PlanError, Track, plan
+from deepopt_core.registry import get_pass
+from deepopt_core.result import ArtifactResult, Result
+from deepopt_core.specs import BenchmarkSettings, ModelInfo, PassSpec
+
+log = logging.getLogger("deepopt.pipeline")
+Progress = Callable[[float, str], None]
+_SPECS = TypeAdapter(list[PassSpec])
+SAMPLE_ROWS = 2
+TRACKS_END = 0.7
+
+
+class _Progress:
+    """Maps progress within a span of the run onto 0..1 and forwards it with the stage name."""
+
+    def __init__(self, callback: Progress | None):
+        self.callback = callback
+        self.last = 0.0
+
+    def at(self, fraction: float, stage: str) -> None:
+        self.last = max(self.last, min(fraction, 1.0))
+        if self.callback is not None:
+            self.callback(round(self.last, 4), stage)
+
+    def span(self, start: float, end: float, stage: str) -> Callable[[float], None]:
+        return lambda f: self.at(start + (end - start) * f, stage)
+
+
+def _load_data(data: dict[str, Any] | None, info: ModelInfo) -> dict[str, Dataset | None]:
+    loaded: dict[str, Dataset | None] = {"calibration": None, "eval": None, "train": None}
+    for role, path in (data or {}).items():
+        if role not in loaded:
+            raise InvalidPipeline(f"unknown dataset role {role!r}; use calibration, eval or train", field="data")
+        if not path:
+            continue
+        problems = check_dataset_for_model(inspect_dataset(path), info)
+        if problems:
+            raise InvalidDataset(f"{role} dataset: " + "; ".join(problems), field=role)
+        loaded[role] = load_dataset(path)
+    return loaded
+
+
+def _sample(info: ModelInfo, data: dict[str, Dataset | None], tokenizer: Any) -> dict[str, np.ndarray]:
+    for role in ("eval", "calibration", "train"):
+        dataset = data[role]
+        if dataset is not None and (dataset.texts is None or tokenizer is not None):
+            return take(dataset_feed(info, dataset, tokenizer=tokenizer, max_rows=SAMPLE_ROWS), 0, SAMPLE_ROWS)
+    return synthetic_feed(info, SAMPLE_ROWS, vocab_size=int(info.details.get("vocab_size") or 1000))
+
+
+def _load_source(path: Path, info: ModelInfo, scratch: Path, hf_folder: Path | None) -> ModelHandle:
+    if info.format == "onnx":
+        from deepopt_core.formats.onnx_inspect import load_onnx
+
+        return ModelHandle("onnx", load_onnx(path), info, "onnx")
+    from deepopt_core.formats import load_torch_model
+
+    module, folder = load_torch_model(hf_folder or path, info.format, scratch)
+    return ModelHandle("torch", module, info, info.format, hf_folder=folder)
+
+
+def _run_pass(index: int, spec: Any, handle: ModelHandle, rep: str, base: PassContext, track: str,
+              progress: Callable[[float], None]) -> tuple[Any, dict[str, Any]]:
+    ctx = PassContext(workdir=base.workdir, info=base.info, sample=base.sample, calibration=base.calibration,
+                      eval=base.eval, train=base.train, device=base.device, warnings=base.warnings,
+                      hf_folder=handle.hf_folder, on_progress=progress)
+    impl = get_pass(spec.type).load()
+    apply = getattr(impl, f"apply_{rep}", None)
+    if apply is None:
+        raise PassFailed(f"{spec.type} has no {rep} implementation")
+    log.info("pass %d (%s) on %s", index, spec.type, rep)
+    model = apply(spec, handle.model, ctx)
+    decision = {"index": index, "type": spec.type, "track": track, "representation": rep, **ctx.decisions}
+    return model, decision
+
+
+def _export(handle: ModelHandle, spec: Any, base: PassContext, index: int | None, track: str,
+            progress: Callable[[float], None]) -> dict[str, Any]:
+    from deepopt_core.passes.export.impl import apply_torch as export
+
+    ctx = PassContext(workdir=base.workdir, info=base.info, sample=base.sample, warnings=base.warnings,
+                      on_progress=progress)
+    handle.model = export(spec, handle.model, ctx)
+    handle.representation = "onnx"
+    return {"index": index, "type": "export", "track": track, "representation": "torch", **ctx.decisions}
+
+
+def _save(handle: ModelHandle, fmt: str, path: Path, sample: dict[str, np.ndarray]) -> None:
+    names = handle.input_names
+    try:
+        if fmt == "onnx":
+            from deepopt_core.formats.onnx import save_onnx
+
+            save_onnx(handle.model, path)
+        elif fmt == "torchscript":
+            from deepopt_core.formats.torchscript import save_torchscript
+
+            save_torchscript(handle.model, path, sample, names)
+        elif fmt == "torch_export":
+            from deepopt_core.formats.torch_export import save_torch_export
+
+            save_torch_export(handle.model, path, sample, names)
+        else:
+            from deepopt_core.formats.hf import save_hf
+
+            if handle.hf_folder is None:
+                raise ValueError("no Hugging Face folder to take the config and tokenizer from")
+            save_hf(handle.model, path, handle.hf_folder, name=path.stem)
+    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        raise PassFailed(f"saving the {fmt} output failed: {str(exc).splitlines()[0][:500]}") from None
+
+
+def verify(path: Path, fmt: str, info: ModelInfo, sample: dict[str, np.ndarray], scratch: Path) -> ModelInfo:
+    """Load `path` from disk, run it on `sample`, and check the outputs; returns the artifact's ModelInfo.
+
+    Raises:
+        PassFailed: the file does not load, does not run, or gives empty or non-finite outputs.
+    """
+    from deepopt_core.evaluate.runners import open_runner
+
+    try:
+        artifact_info = inspect_model(path, fmt) if fmt == "onnx" else info.model_copy(update={"format": fmt})
+        runner = open_runner(path, fmt, artifact_info, workdir=scratch)
+        outputs = runner(sample)
+    except Exception as exc:
+        raise PassFailed(f"the {fmt} output does not load and run: {str(exc).splitlines()[0][:500]}") from None
+    if not outputs or any(o.size == 0 for o in outputs):
+        raise PassFailed(f"the {fmt} output returned no values")
+    if any(o.dtype.kind == "f" and not np.isfinite(o).all() for o in outputs):
+        raise PassFailed(f"the {fmt} output returns NaN or infinite values")
+    return artifact_info
+
+
+def _run_track(track: Track, specs: list[Any], model: Path, base: PassContext, hf_folder: Path | None,
+               scratch: Path, progress: _Progress, start: float, end: float) -> tuple[ModelHandle, list[dict[str, Any]]]:
+    handle = _load_source(model, base.info, scratch, hf_folder)
+    steps = dict(track.steps)
+    export_spec = next((s for s in reversed(specs) if s.type == "export"), None)
+    units = len(track.steps) + (track.export_before is not None) + 1
+    width = (end - start) / units
+    done = 0
+    decisions: list[dict[str, Any]] = []
+    for index in range(len(specs) + 1):
+        if track.export_before == index:
+            span = progress.span(start + done * width, start + (done + 1) * width, "export")
+            explicit = index if index < len(specs) and specs[index].type == "export" else None
+            decisions.append(_export(handle, export_spec, base, explicit, track.representation, span))
+            done += 1
+        if index in steps:
+            spec = specs[index]
+            span = progress.span(start + done * width, start + (done + 1) * width, spec.type)
+            span(0.0)
+            handle.model, decision = _run_pass(index, spec, handle, steps[index], base, track.representation, span)
+            handle.quantized = handle.quantized or spec.type == "quantize"
+            decisions.append(decision)
+            done += 1
+    return handle, decisions
+
+
+def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None = None,
+             outputs: list[str] | None = None, *, workdir: str | Path, device: str = "cpu",
+             benchmark: dict[str, Any] | BenchmarkSettings | None = None, on_progress: Progress | None = None,
+             model_info: ModelInfo | dict[str, Any] | None = None, model_name: str | None = None) -> Result:
+    """Optimize `model` with `passes`, save `outputs` into `workdir`, verify and benchmark them.
+
+    Args:
+        model: path of the model file (ONNX, TorchScript, .pt2, Hugging Face .zip/.tar.gz or folder).
+        passes: pass specs (dicts or configs), validated against the registered passes.
+        data: dataset paths by role: ``{"calibration": ..., "eval": ..., "train": ...}`` (.npz or .jsonl).
+        outputs: output formats; default: the source format (``onnx`` when an export pass is present).
+        workdir: folder for the outputs (created).
+        device: ``"cpu"`` (the only device this version implements).
+        benchmark: ``BenchmarkSettings`` or its dict; defaults when None.
+        on_progress: called with (fraction 0..1, stage name).
+        model_info: the model's stored inspection (skips inspecting again).
+        model_name: base of the output file names (default: the model file's stem).
+
+    Returns:
+        The artifacts, the benchmarks (original first, ``artifact_index=None``), per-pass decisions, warnings.
+
+    Raises:
+        InvalidPipeline: specs that do not validate or a plan that cannot run.
+        InvalidDataset, InvalidModel, UnsafeContent, UnsupportedFormat: bad inputs.
+        PassFailed: a pass, a save or a verification failed.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    model = Path(model)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(on_progress)
+    progress.at(0.0, "loading")
+    try:
+        specs = _SPECS.validate_python(list(passes))
+        settings = benchmark if isinstance(benchmark, BenchmarkSettings) else BenchmarkSettings.model_validate(
+            benchmark or {})
+    except ValidationError as exc:
+        raise InvalidPipeline(f"invalid pipeline: {exc.errors()[0]['msg']} at "
+                              f"{'.'.join(map(str, exc.errors()[0]['loc']))}", field="passes") from None
+    if device != "cpu":
+        raise InvalidPipeline(f"device {device!r} is not available: this version runs on the CPU", field="device")
+    info = ModelInfo.model_validate(model_info) if model_info is not None else inspect_model(model)
+    try:
+        tracks = plan(info.format, specs, outputs)
+    except PlanError as exc:
+        raise InvalidPipeline(str(exc), field="outputs") from None
+    data_sets = _load_data(data, info)
+    scratch = workdir / ".work"
+    scratch.mkdir(exist_ok=True)
+    name = model_name or model.name.split(".")[0] or "model"
+    result = Result()
+    try:
+        hf_folder, tokenizer = None, None
+        if info.format == "hf":
+            from deepopt_core.formats.hf import load_tokenizer, unpack
+
+            hf_folder = unpack(model, scratch / "source")
+            tokenizer = load_tokenizer(hf_folder)
+        sample = _sample(info, data_sets, tokenizer)
+        base = PassContext(workdir=scratch, info=info, sample=sample, device=device, warnings=result.warnings,
+                           hf_folder=hf_folder, **data_sets)
+        progress.at(0.05, "loading")
+        width = (TRACKS_END - 0.05) / len(tracks)
+        for number, track in enumerate(tracks):
+            start = 0.05 + number * width
+            handle, decisions = _run_track(track, specs, model, base, hf_folder, scratch, progress, start,
+                                           start + 0.8 * width)
+            result.decisions.extend(decisions)
+            for fmt in track.outputs:
+                progress.at(start + 0.8 * width, "saving")
+                filename = f"{name}-optimized{FILE_SUFFIXES[fmt]}"
+                path = (workdir / filename).resolve()
+                _save(handle, fmt, path, sample)
+                progress.at(start + 0.9 * width, "verifying")
+                verify(path, fmt, info, sample, scratch)
+                result.artifacts.append(ArtifactResult(path=str(path), kind="model", format=fmt, filename=filename))
+        _benchmark(model, info, result, data_sets, tokenizer, settings, scratch, progress)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    progress.at(1.0, "done")
+    return result
+
+
+def _benchmark(model: Path, info: ModelInfo, result: Result, data_sets: dict[str, Dataset | None], tokenizer: Any,
+               settings: BenchmarkSettings, scratch: Path, progress: _Progress) -> None:
+    from deepopt_core.evaluate.benchmark import Subject, benchmark_models, eval_inputs
+
+    progress.at(TRACKS_END, "benchmark")
+    try:
+        inputs = eval_inputs(info, data_sets["eval"], data_sets["calibration"], tokenizer)
+        original = Subject(None, model, info.format, info)
+        subjects = [Subject(i, Path(a.path), a.format, info.model_copy(update={"format": a.format}))
+                    for i, a in enumerate(result.artifacts) if a.kind == "model"]
+        for subject in subjects:
+            if subject.format == "onnx":
+                subject.info = inspect_model(subject.path, "onnx")
+        result.benchmarks.extend(benchmark_models(
+            original, subjects, inputs, settings, device="cpu", workdir=scratch, warnings=result.warnings,
+            on_progress=progress.span(TRACKS_END, 0.99, "benchmark"),
+        ))  # fmt: skip
+    except DeepOptError:
+        raise
+    except Exception as exc:
+        raise PassFailed(f"benchmark failed: {str(exc).splitlines()[0][:500]}") from exc
