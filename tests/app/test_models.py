@@ -129,3 +129,48 @@ def test_api_keys_guard_v1(client: httpx.Client, monkeypatch: pytest.MonkeyPatch
     theirs = client.get(f"/v1/models/{created.json()['id']}", headers={"Authorization": "Bearer secret-b"})
     assert_problem(theirs, 404)
     assert client.get("/healthz").status_code == 200  # health stays open
+
+
+def test_every_model_format_is_detected_from_its_bytes(client: httpx.Client, digits: object,
+                                                       tmp_path: Path) -> None:
+    from tests.conftest import Digits
+
+    assert isinstance(digits, Digits)
+    for path, fmt in ((digits.onnx, "onnx"), (digits.torchscript, "torchscript"),
+                      (digits.torch_export, "torch_export")):
+        model = upload(client, path.read_bytes(), "no-extension")
+        assert model.status_code == 201, model.text
+        body = model.json()
+        assert body["format"] == fmt and body["num_parameters"] == 17226
+        assert body["inputs"][0]["name"] == "input" and body["inputs"][0]["shape"][-1] == 64
+
+
+def test_hugging_face_archive_upload(client: httpx.Client, tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path / "tiny-bert"
+    config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    BertModel(config).save_pretrained(folder)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for file in folder.iterdir():
+            archive.write(file, f"tiny-bert/{file.name}")
+    response = upload(client, buffer.getvalue(), "tiny-bert.zip")
+    assert response.status_code == 201, response.text
+    model = response.json()
+    assert model["format"] == "hf"
+    assert model["num_parameters"] == sum(p.numel() for p in BertModel(config).parameters())
+    assert {t["name"] for t in model["inputs"]} >= {"input_ids", "attention_mask"}
+
+
+@pytest.mark.parametrize("member", ["../evil/config.json", "/etc/config.json"])
+def test_archive_members_may_not_escape(client: httpx.Client, member: str, app_env: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("model/config.json", '{"model_type": "bert"}')
+        archive.writestr("model/model.safetensors", b"\0" * 16)
+        archive.writestr(member, "{}")
+    assert_problem(upload(client, buffer.getvalue(), "m.zip"), 422, "file")
+    assert not (app_env.parent / "evil").exists()
+    assert client.get("/v1/models").json()["items"] == []

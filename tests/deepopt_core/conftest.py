@@ -1,0 +1,57 @@
+"""Fixtures of the core's tests: real tiny models, built once per session into a temp dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.models import build_digits_models, build_tiny_bert, write_text_jsonl
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# One thread: tiny models run fastest on one, and timings stay stable on a busy 2-core machine.
+FAST_BENCH = {"batch_sizes": [1, 16], "runs": 5, "warmup": 1, "threads": 1}
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The digits MLP as onnx / torchscript / torch_export, and digits_eval.npz / digits_calib.npz."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_digits_models(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_tiny_bert(tmp_path_factory.mktemp("bert_tar"), archive="tar", tokenizer=False)
+
+
+@pytest.fixture(scope="session")
+def text_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_text_jsonl(tmp_path_factory.mktemp("text") / "text.jsonl")
+
+
+@pytest.fixture
+def copy_of(tmp_path: Path):
+    """Copy a session file into this test's tmp dir (tests may modify or corrupt their copy)."""
+
+    def copy(path: Path, name: str | None = None) -> Path:
+        target = tmp_path / (name or path.name)
+        shutil.copyfile(path, target)
+        return target
+
+    return copy

@@ -1,0 +1,156 @@
+"""Inspection of every format, ONNX external data rules, and the no-unpickling traced-input reader."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deepopt_core.errors import InvalidModel, UnsafeContent
+from deepopt_core.formats import inspect_model
+from deepopt_core.formats.onnx_inspect import inspect_onnx
+from deepopt_core.formats.pickle_meta import read_pickle_structure, traced_input_metas
+
+DIGITS_PARAMS = 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+
+
+def test_inspect_onnx_digits(digits):
+    info = inspect_onnx(digits["onnx"])
+    assert info.format == "onnx"
+    assert [(t.name, t.shape, t.dtype) for t in info.inputs] == [("input", ["batch", 64], "float32")]
+    assert [(t.name, t.shape) for t in info.outputs] == [("logits", ["batch", 10])]
+    assert info.num_parameters == DIGITS_PARAMS
+    assert info.op_types == {"Gemm": 3, "Relu": 2}
+    assert info.prunable_layers == 3
+    assert info.opset == 17
+
+
+def _external_model(folder, location):
+    weight = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], initializer=[weight],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    tensor = model.graph.initializer[0]
+    tensor.data_location = TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    tensor.ClearField("raw_data")
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    (folder / "weights.bin").write_bytes(np.ones((4, 2), np.float32).tobytes())
+    return path
+
+
+def test_onnx_external_data_rules(tmp_path):
+    path = _external_model(tmp_path, "weights.bin")
+    with pytest.raises(InvalidModel, match="not part of the upload"):
+        inspect_onnx(path)
+    assert inspect_onnx(path, allow_external_data=True).num_parameters == 8
+    for location in ("../weights.bin", "/etc/passwd", "sub/../../x.bin"):
+        with pytest.raises(UnsafeContent, match="outside"):
+            inspect_onnx(_external_model(tmp_path, location), allow_external_data=True)
+
+
+def test_garbage_protobuf_is_invalid(tmp_path, digits):
+    path = tmp_path / "bad.onnx"
+    data = bytearray(digits["onnx"].read_bytes())
+    data[40:80] = b"\xff" * 40
+    path.write_bytes(bytes(data))
+    with pytest.raises(InvalidModel):
+        inspect_onnx(path)
+
+
+def test_inspect_torchscript_reads_traced_shapes(digits):
+    info = inspect_model(digits["torchscript"])
+    assert info.format == "torchscript"
+    assert [(t.name, t.shape, t.dtype) for t in info.inputs] == [("input", ["batch", 64], "float32")]
+    assert info.num_parameters == DIGITS_PARAMS
+    assert info.prunable_layers == 3
+    assert info.details["traced_input_shapes"] == [[2, 64]]
+
+
+def test_scripted_module_has_unknown_shapes(tmp_path):
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            return self.fc(features)
+
+    path = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(Net()).save(str(path))
+    info = inspect_model(path)
+    assert [(t.name, t.shape) for t in info.inputs] == [("features", None)]
+    assert info.num_parameters == 8
+
+
+def test_inspect_torch_export_symbolic_batch(digits):
+    info = inspect_model(digits["torch_export"])
+    assert info.format == "torch_export"
+    (tensor,) = info.inputs
+    assert tensor.name == "input" and tensor.dtype == "float32"
+    assert isinstance(tensor.shape[0], str) and tensor.shape[1] == 64
+    assert info.num_parameters == DIGITS_PARAMS
+    assert info.op_types["aten.linear"] == 3
+
+
+def test_inspect_hf_without_torch_weights_loading(tiny_bert_zip, tiny_bert_tar):
+    info = inspect_model(tiny_bert_zip)
+    assert info.format == "hf"
+    assert info.architecture == "BertForSequenceClassification"
+    assert [t.name for t in info.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert all(t.dtype == "int64" and t.shape == ["batch", "sequence"] for t in info.inputs)
+    assert info.details["has_tokenizer"] is True
+    assert info.num_parameters > 20_000
+    assert info.prunable_layers == 14  # 6 Linear per layer x 2, pooler, classifier
+    assert inspect_model(tiny_bert_tar).details["has_tokenizer"] is False
+
+
+def test_inspect_rejects_wrong_expected_format(digits):
+    with pytest.raises(InvalidModel, match="not torchscript"):
+        inspect_model(digits["onnx"], "torchscript")
+
+
+class _Boom:
+    def __reduce__(self):
+        return (open, ("/tmp/deepopt-should-not-exist", "w"))
+
+
+def test_pickle_reader_never_calls_anything(tmp_path):
+    payload = pickle.dumps({"forward": [_Boom()]}, protocol=2)
+    assert traced_input_metas(payload) is None
+    assert read_pickle_structure(pickle.dumps([1, "a", (2.5, None)], protocol=2)) == [1, "a", (2.5, None)]
+    import os
+
+    assert not os.path.exists("/tmp/deepopt-should-not-exist")
+
+
+def test_traced_inputs_of_digits(digits):
+    with zipfile.ZipFile(digits["torchscript"]) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("/traced_inputs.pkl"))
+        metas = traced_input_metas(archive.read(name))
+    assert metas is not None and metas[0].shape == (2, 64) and metas[0].dtype == "float32"
+
+
+def test_onnx_checker_failure_is_invalid(tmp_path):
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(InvalidModel, match="invalid"):
+        inspect_onnx(path)
