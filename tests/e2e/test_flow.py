@@ -80,7 +80,7 @@ def check_succeeded_job(client: httpx.Client, job: dict[str, Any], original_size
     assert 0 <= optimized["metrics"]["top1_agreement"] <= 1
 
 
-def test_upload_optimize_download(live: LiveService, digits: Any) -> None:
+def test_upload_optimize_download(live: LiveService, digits: Any, tmp_path: Path) -> None:
     with httpx.Client(base_url=live.url, timeout=60) as client:
         assert client.get("/readyz").status_code == 200, client.get("/readyz").text
         eval_set = upload(client, digits.eval_npz, "/v1/datasets")
@@ -89,9 +89,9 @@ def test_upload_optimize_download(live: LiveService, digits: Any) -> None:
         assert onnx_model["format"] == "onnx" and ts_model["format"] == "torchscript"
 
         jobs = {}
-        for model in (onnx_model, ts_model):
+        for model, outputs in ((onnx_model, ["onnx"]), (ts_model, ["onnx", "torchscript"])):
             body = {"model_id": model["id"], "passes": PIPELINE, "eval_dataset_id": eval_set["id"],
-                    "outputs": ["onnx"], "benchmark": {"batch_sizes": [1, 8], "runs": 20}}
+                    "outputs": outputs, "benchmark": {"batch_sizes": [1, 8], "runs": 20}}
             response = client.post("/v1/jobs", json=body)
             assert response.status_code == 202, response.text
             jobs[model["id"]] = response.json()["id"]
@@ -99,6 +99,18 @@ def test_upload_optimize_download(live: LiveService, digits: Any) -> None:
         for model in (onnx_model, ts_model):
             job = wait_for(client, jobs[model["id"]], TERMINAL)
             check_succeeded_job(client, job, model["size_bytes"], digits)
+
+        # The TorchScript job also gave a quantized TorchScript model that plain torch loads and runs.
+        import torch
+
+        ts_job = client.get(f"/v1/jobs/{jobs[ts_model['id']]}").json()
+        (artifact,) = [a for a in ts_job["artifacts"] if a["format"] == "torchscript"]
+        path = tmp_path / artifact["filename"]
+        path.write_bytes(client.get(artifact["download_url"]).content)
+        loaded = torch.jit.load(str(path))
+        with torch.no_grad():
+            predictions = loaded(torch.from_numpy(digits.test_inputs)).argmax(1).numpy()
+        assert (predictions == digits.test_labels).mean() >= digits.test_accuracy - 0.02
         assert 'deepopt_jobs{status="succeeded"} 2.0' in client.get("/metrics").text
 
 
