@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from deepopt_core.errors import InvalidDataset
-from deepopt_core.formats.detect import check_members
-from deepopt_core.formats.detect import _zip_members as zip_members
+from deepopt_core.formats.archives import check_members, zip_members
 from deepopt_core.specs import DatasetInfo, ModelInfo
 
 log = logging.getLogger("deepopt.datasets")

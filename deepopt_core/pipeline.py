@@ -29,7 +29,7 @@ from deepopt_core.specs import BenchmarkSettings, ModelInfo, PassSpec
 
 log = logging.getLogger("deepopt.pipeline")
 Progress = Callable[[float, str], None]
-_SPECS = TypeAdapter(list[PassSpec])
+_SPECS: TypeAdapter[list[Any]] = TypeAdapter(list[PassSpec])  # type: ignore[valid-type]
 SAMPLE_ROWS = 2
 TRACKS_END = 0.7
 
@@ -65,11 +65,15 @@ def _load_data(data: dict[str, Any] | None, info: ModelInfo) -> dict[str, Datase
 
 
 def _sample(info: ModelInfo, data: dict[str, Dataset | None], tokenizer: Any) -> dict[str, np.ndarray]:
+    """A few input rows (the fixed batch size of a model that has one) for exports and verification."""
+    from deepopt_core.evaluate.benchmark import static_batch
+
+    rows = static_batch(info) or SAMPLE_ROWS
     for role in ("eval", "calibration", "train"):
         dataset = data[role]
         if dataset is not None and (dataset.texts is None or tokenizer is not None):
-            return take(dataset_feed(info, dataset, tokenizer=tokenizer, max_rows=SAMPLE_ROWS), 0, SAMPLE_ROWS)
-    return synthetic_feed(info, SAMPLE_ROWS, vocab_size=int(info.details.get("vocab_size") or 1000))
+            return take(dataset_feed(info, dataset, tokenizer=tokenizer, max_rows=rows), 0, rows)
+    return synthetic_feed(info, rows, vocab_size=int(info.details.get("vocab_size") or 1000))
 
 
 def _load_source(path: Path, info: ModelInfo, scratch: Path, hf_folder: Path | None) -> ModelHandle:
@@ -123,7 +127,9 @@ def _save(handle: ModelHandle, fmt: str, path: Path, sample: dict[str, np.ndarra
         elif fmt == "torch_export":
             from deepopt_core.formats.torch_export import save_torch_export
 
-            save_torch_export(handle.model, path, sample, names)
+            symbolic = {t.name: [a for a, d in enumerate(t.shape or [0]) if not isinstance(d, int)]
+                        for t in handle.info.inputs}
+            save_torch_export(handle.model, path, sample, names, symbolic=symbolic)
         else:
             from deepopt_core.formats.hf import save_hf
 
@@ -143,7 +149,7 @@ def verify(path: Path, fmt: str, info: ModelInfo, sample: dict[str, np.ndarray],
     from deepopt_core.evaluate.runners import open_runner
 
     try:
-        artifact_info = inspect_model(path, fmt) if fmt == "onnx" else info.model_copy(update={"format": fmt})
+        artifact_info = inspect_model(path, "onnx") if fmt == "onnx" else info.model_copy(update={"format": fmt})
         runner = open_runner(path, fmt, artifact_info, workdir=scratch)
         outputs = runner(sample)
     except Exception as exc:
@@ -156,7 +162,8 @@ def verify(path: Path, fmt: str, info: ModelInfo, sample: dict[str, np.ndarray],
 
 
 def _run_track(track: Track, specs: list[Any], model: Path, base: PassContext, hf_folder: Path | None,
-               scratch: Path, progress: _Progress, start: float, end: float) -> tuple[ModelHandle, list[dict[str, Any]]]:
+               scratch: Path, progress: _Progress, start: float,
+               end: float) -> tuple[ModelHandle, list[dict[str, Any]]]:
     handle = _load_source(model, base.info, scratch, hf_folder)
     steps = dict(track.steps)
     export_spec = next((s for s in reversed(specs) if s.type == "export"), None)
@@ -242,7 +249,8 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
             tokenizer = load_tokenizer(hf_folder)
         sample = _sample(info, data_sets, tokenizer)
         base = PassContext(workdir=scratch, info=info, sample=sample, device=device, warnings=result.warnings,
-                           hf_folder=hf_folder, **data_sets)
+                           hf_folder=hf_folder, calibration=data_sets["calibration"], eval=data_sets["eval"],
+                           train=data_sets["train"])
         progress.at(0.05, "loading")
         width = (TRACKS_END - 0.05) / len(tracks)
         for number, track in enumerate(tracks):

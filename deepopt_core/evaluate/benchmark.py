@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from deepopt_core.datasets import Dataset
-from deepopt_core.evaluate.inputs import dataset_feed, synthetic_feed
+from deepopt_core.evaluate.inputs import dataset_feed, rows_of, synthetic_feed, take
 from deepopt_core.evaluate.latency import MemoryWatch, time_runner, timing_metrics
 from deepopt_core.evaluate.metrics import first_outputs, quality
 from deepopt_core.evaluate.runners import open_runner, size_on_disk
@@ -107,11 +108,25 @@ def measure(subject: Subject, inputs: EvalInputs, settings: BenchmarkSettings, r
     return result, outputs
 
 
+def common_rows(inputs: EvalInputs, subjects: list[Subject]) -> EvalInputs:
+    """Trim (or wrap) the rows to a multiple of every fixed batch size, so that all models see the same rows."""
+    fixed = [b for b in (static_batch(s.info) for s in subjects) if b]
+    if not fixed:
+        return inputs
+    multiple = math.lcm(*fixed)
+    rows = max(multiple, (rows_of(inputs.feed) // multiple) * multiple)
+    labels = inputs.labels
+    if labels is not None:
+        labels = labels[np.arange(rows) % len(labels)]
+    return EvalInputs(take(inputs.feed, 0, rows), inputs.source, labels)
+
+
 def benchmark_models(original: Subject, artifacts: list[Subject], inputs: EvalInputs, settings: BenchmarkSettings,
                      *, device: str = "cpu", workdir: Path | None = None, warnings: list[str] | None = None,
                      on_progress: Callable[[float], None] | None = None) -> list[BenchmarkResult]:
     """Measure the original, then each artifact against the original's outputs on the same rows."""
     subjects = [original, *artifacts]
+    inputs = common_rows(inputs, subjects)
     results: list[BenchmarkResult] = []
     reference: np.ndarray | None = None
     for index, subject in enumerate(subjects):

@@ -51,7 +51,7 @@ class OrtRunner(Runner):
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name: _ORT_TYPES.get(i.type, None) for i in self.session.get_inputs()}
+        self.inputs = {i.name: _ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
 
     def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         ready = {}

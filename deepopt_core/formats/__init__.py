@@ -14,7 +14,7 @@ from deepopt_core.specs import ModelFormat, ModelInfo
 
 __all__ = ["detect_format", "inspect_model", "load_torch_model", "safe_extract", "FILE_SUFFIXES"]
 
-FILE_SUFFIXES: dict[str, str] = {"onnx": ".onnx", "torchscript": ".ts", "torch_export": ".pt2", "hf": ".zip"}
+FILE_SUFFIXES: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "torch_export": ".pt2", "hf": ".zip"}
 """Suffix of the files the pipeline writes in each format."""
 
 
@@ -36,7 +36,7 @@ def inspect_model(path: str | Path, model_format: ModelFormat | None = None) -> 
 
         return inspect_onnx(path)
     if detected == "hf":
-        from deepopt_core.formats.hf import inspect_hf
+        from deepopt_core.formats.hf_inspect import inspect_hf
 
         return inspect_hf(path)
     if detected == "torchscript":

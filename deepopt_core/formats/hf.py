@@ -1,8 +1,9 @@
-"""Hugging Face models uploaded as a .zip or .tar.gz of a saved folder (config.json + *.safetensors).
+"""Hugging Face models uploaded as a .zip or .tar.gz of a saved folder (config.json + *.safetensors): load, save.
 
-Inspection reads only ``config.json`` and the safetensors headers (no torch, no transformers). Loading builds
-the architecture with ``from_config`` and fills it from the safetensors files: nothing is fetched from the
-network (``HF_HUB_OFFLINE=1``) and no remote code runs. The tokenizer is loaded from the folder when present.
+Inspection is in :mod:`deepopt_core.formats.hf_inspect` (no torch, nothing extracted). Loading unpacks the
+archive with :func:`deepopt_core.formats.detect.safe_extract`, builds the architecture with ``from_config`` and
+fills it from the safetensors files: nothing is fetched from the network (``HF_HUB_OFFLINE=1``) and no remote
+code runs. The tokenizer is loaded from the folder when present.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import json
 import logging
 import os
 import shutil
-import struct
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from deepopt_core.errors import InvalidModel
-from deepopt_core.formats.detect import MAX_EXPANDED_BYTES, MAX_RATIO, safe_extract
-from deepopt_core.specs import ModelInfo, TensorInfo
+from deepopt_core.formats.archives import MAX_EXPANDED_BYTES, MAX_RATIO, safe_extract
+from deepopt_core.formats.hf_inspect import TOKENIZER_MARKERS, hf_input_names, inspect_hf
+
+__all__ = ["inspect_hf", "load_hf", "load_tokenizer", "save_hf", "unpack"]
 
 log = logging.getLogger("deepopt.formats")
 
@@ -27,10 +29,6 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
     "added_tokens.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
 )  # fmt: skip
-_HEADER_LIMIT = 100 * 1024 * 1024
-_TASK_OUTPUTS = ("ForSequenceClassification", "ForTokenClassification", "ForMaskedLM", "ForCausalLM",
-                 "ForMultipleChoice", "ForPreTraining", "ForQuestionAnswering")
-SEQUENCE_DEFAULT = 16
 
 
 def unpack(path: str | Path, dest: str | Path | None = None, *, max_total_bytes: int = MAX_EXPANDED_BYTES,
@@ -62,23 +60,9 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (tensor name -> dtype, shape, offsets), read without torch."""
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise InvalidModel(f"{path.name} is not a safetensors file")
-        (length,) = struct.unpack("<Q", raw)
-        if length > _HEADER_LIMIT or length > path.stat().st_size - 8:
-            raise InvalidModel(f"{path.name} has an implausible safetensors header")
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError:
-            raise InvalidModel(f"{path.name} has an unreadable safetensors header") from None
-    if not isinstance(header, dict):
-        raise InvalidModel(f"{path.name} has an unreadable safetensors header")
-    header.pop("__metadata__", None)
-    return header
+# --------------------------------------------------------------------------------------------------------------
+# torch side
+# --------------------------------------------------------------------------------------------------------------
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -89,63 +73,7 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def has_tokenizer(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model",
-                                                       "spiece.model"))
-
-
-def hf_input_names(config: dict[str, Any]) -> list[str]:
-    """input_ids, attention_mask, and token_type_ids for BERT-like configs (those with ``type_vocab_size``)."""
-    names = ["input_ids", "attention_mask"]
-    if config.get("type_vocab_size"):
-        names.append("token_type_ids")
-    return names
-
-
-def inspect_hf(path: str | Path) -> ModelInfo:
-    """Describe a Hugging Face archive or folder from config.json and the safetensors headers."""
-    with tempfile.TemporaryDirectory(prefix="deepopt-hf-") as tmp:
-        folder = unpack(path, tmp)
-        config = read_config(folder)
-        parameters = 0
-        prunable = 0
-        for file in _weight_files(folder):
-            for name, entry in safetensors_header(file).items():
-                shape = entry.get("shape", []) if isinstance(entry, dict) else []
-                count = 1
-                for dim in shape:
-                    count *= int(dim)
-                parameters += count
-                lowered = name.lower()
-                if (len(shape) >= 2 and lowered.endswith(".weight") and "embed" not in lowered
-                        and "norm" not in lowered):
-                    prunable += 1
-        tokenizer = has_tokenizer(folder)
-        files = sorted(p.name for p in folder.iterdir())
-    architectures = config.get("architectures") or []
-    architecture = str(architectures[0]) if architectures else None
-    output = "logits" if architecture and architecture.endswith(_TASK_OUTPUTS) else "last_hidden_state"
-    return ModelInfo(
-        format="hf",
-        inputs=[TensorInfo(name=n, shape=["batch", "sequence"], dtype="int64") for n in hf_input_names(config)],
-        outputs=[TensorInfo(name=output, shape=None)],
-        num_parameters=parameters,
-        op_types={},
-        prunable_layers=prunable,
-        architecture=architecture,
-        details={
-            "model_type": config.get("model_type"),
-            "has_tokenizer": tokenizer,
-            "num_labels": len(config.get("id2label") or {}) or None,
-            "vocab_size": config.get("vocab_size"),
-            "files": files,
-            "size_bytes": os.path.getsize(path) if Path(path).is_file() else None,
-        },
-    )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# torch side
-# --------------------------------------------------------------------------------------------------------------
+    return any((folder / name).is_file() for name in TOKENIZER_MARKERS)
 
 
 def _wrapper_class(names: tuple[str, ...]) -> Any:
@@ -213,6 +141,8 @@ def load_hf(path: str | Path, workdir: str | Path | None = None) -> tuple[Any, P
         raise InvalidModel(f"config.json is not a known Hugging Face config: {str(exc)[:300]}") from None
     architectures = config_dict.get("architectures") or []
     model_class = getattr(transformers, str(architectures[0]), None) if architectures else None
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        model_class = None  # only model classes are built from config.json, never other callables
     try:
         model = (model_class(config) if model_class is not None
                  else transformers.AutoModel.from_config(config, trust_remote_code=False))

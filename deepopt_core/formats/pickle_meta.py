@@ -93,11 +93,11 @@ def read_pickle_structure(data: bytes) -> Any:  # noqa: C901  (one branch per op
                 attr, module = stack.pop(), stack.pop()
                 stack.append(_Global(str(module), str(attr)))
             elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                memo[int(arg)] = stack[-1]
+                memo[int(str(arg))] = stack[-1]
             elif name == "MEMOIZE":
                 memo[len(memo)] = stack[-1]
             elif name in ("BINGET", "LONG_BINGET", "GET"):
-                stack.append(memo[int(arg)])
+                stack.append(memo[int(str(arg))])
             elif name == "MARK":
                 stack.append(_MARK)
             elif name == "EMPTY_DICT":

@@ -56,7 +56,8 @@ def prunable_params(module: nn.Module) -> dict[str, torch.Tensor]:
     module = unwrap(module)
     found: dict[str, torch.Tensor] = {}
     if is_graph(module):
-        for node in module.graph.nodes:
+        graph: Any = module.graph
+        for node in graph.nodes:
             if node.op == "call_function" and str(node.target) in _FX_WEIGHT_OPS and len(node.args) > 1:
                 weight = node.args[1]
                 if getattr(weight, "op", None) == "get_attr":
@@ -106,7 +107,7 @@ def quantized_weights(module: nn.Module) -> dict[str, tuple[torch.Tensor, torch.
     module = unwrap(module)
     found: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     if is_script(module):
-        for name, packed in _script_packed_params(module):
+        for name, packed in _script_packed_params(module):  # type: ignore[arg-type]
             try:
                 weight, bias = torch.ops.quantized.linear_unpack(packed)
             except RuntimeError:
@@ -152,7 +153,8 @@ def module_kinds(module: nn.Module) -> dict[str, int]:
     module = unwrap(module)
     counts: Counter[str] = Counter()
     if is_graph(module):
-        for node in module.graph.nodes:
+        graph: Any = module.graph
+        for node in graph.nodes:
             if node.op == "call_function":
                 counts[str(node.target).removesuffix(".default")] += 1
     else:

@@ -121,26 +121,34 @@ def _input_name(node: Any, fallback: str) -> str:
 
 
 def save_torch_export(module: torch.nn.Module, path: str | Path, example: dict[str, np.ndarray], names: list[str],
-                      *, dynamic_batch: bool = True) -> Path:
-    """``torch.export.export`` `module` on `example` (first dimension dynamic) and save it as .pt2.
+                      *, symbolic: dict[str, list[int]] | None = None) -> Path:
+    """``torch.export.export`` `module` on `example` and save it as .pt2.
+
+    Args:
+        module: the module (inputs positionally, in `names` order).
+        path: the .pt2 file to write.
+        example: example inputs by name.
+        names: input order.
+        symbolic: input name -> axes to keep dynamic (default: axis 0 of every input). Falls back to static
+            shapes when export cannot keep them dynamic.
 
     Raises:
         RuntimeError: the module cannot be exported (e.g. dynamically quantized modules).
     """
     path = Path(path)
     args = tuple(to_tensors(example, names))
-    dynamic: Any = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1, max=65536)
-        dynamic = tuple({0: batch} if arg.dim() > 0 else {} for arg in args)
+    used = [n for n in names if n in example]
+    axes = symbolic if symbolic is not None else {n: [0] for n in used}
+    # DYNAMIC lets export keep the range the module allows (a re-exported program keeps its own bounds).
+    dynamic: Any = tuple({axis: torch.export.Dim.DYNAMIC for axis in axes.get(n, []) if axis < arg.dim()}
+                         for n, arg in zip(used, args, strict=True))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             program = torch.export.export(module, args, dynamic_shapes=dynamic)
         except Exception:
-            if dynamic is None:
-                raise
-            log.info("export with a dynamic batch failed; exporting with static shapes", exc_info=True)
+            log.warning("export with dynamic shapes failed; exporting with the example's static shapes",
+                        exc_info=True)
             program = torch.export.export(module, args)
     torch.export.save(program, str(path))
     return path

@@ -13,6 +13,7 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,9 +57,13 @@ def traced_inputs(path: str | Path) -> list[TensorMeta] | None:
     return None
 
 
+def _schema(module: torch.jit.ScriptModule) -> Any:
+    return module.forward.schema  # type: ignore[attr-defined]
+
+
 def input_names(module: torch.jit.ScriptModule) -> list[str]:
     """Names of the arguments of ``forward`` (without ``self``)."""
-    return [argument.name for argument in module.forward.schema.arguments[1:]]
+    return [argument.name for argument in _schema(module).arguments[1:]]
 
 
 def inspect_torchscript(path: str | Path) -> ModelInfo:
@@ -80,7 +85,7 @@ def inspect_torchscript(path: str | Path) -> ModelInfo:
         if shape:
             shape[0] = "batch"
         inputs.append(TensorInfo(name=name, shape=shape, dtype=meta.dtype))
-    returns = module.forward.schema.returns
+    returns = _schema(module).returns
     outputs = [TensorInfo(name=f"output_{i}", shape=None) for i in range(max(len(returns), 1))]
     return ModelInfo(
         format="torchscript",
@@ -92,7 +97,7 @@ def inspect_torchscript(path: str | Path) -> ModelInfo:
         details={
             "traced": metas is not None,
             "traced_input_shapes": [list(m.shape) for m in metas] if metas else None,
-            "forward_schema": str(module.forward.schema),
+            "forward_schema": str(_schema(module)),
             "size_bytes": os.path.getsize(path),
         },
     )
@@ -106,11 +111,12 @@ def save_torchscript(module: torch.nn.Module, path: str | Path, example: dict[st
         RuntimeError: tracing failed (the caller turns it into a failed pass).
     """
     path = Path(path)
+    scripted: Any = module
     if not isinstance(module, torch.jit.ScriptModule):
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             if not is_graph(module):  # torch.export graph modules refuse train()/eval(); they are inference-only
                 module = module.eval()
-            module = torch.jit.trace(module, tuple(to_tensors(example, names)), strict=False, check_trace=False)
-    module.save(str(path))
+            scripted = torch.jit.trace(module, tuple(to_tensors(example, names)), strict=False, check_trace=False)
+    scripted.save(str(path))
     return path

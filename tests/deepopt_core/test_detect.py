@@ -156,6 +156,7 @@ LIGHT_MODULES = [
     "deepopt_core.errors", "deepopt_core.passes.quantize.config", "deepopt_core.passes.prune.config",
     "deepopt_core.passes.export.config", "deepopt_core.formats.detect", "deepopt_core.datasets",
     "deepopt_core.formats.onnx_inspect", "deepopt_core.formats", "deepopt_core.passes.context",
+    "deepopt_core.formats.archives", "deepopt_core.formats.hf_inspect", "deepopt_core.sparsity",
 ]  # fmt: skip
 
 

@@ -103,3 +103,18 @@ def test_output_that_does_not_run_fails_the_job(digits, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "_save", broken_save)
     with pytest.raises(PassFailed, match="does not load and run"):
         optimize(digits["onnx"], PRUNE_QUANT, workdir=tmp_path, benchmark=FAST_BENCH)
+
+
+def test_model_with_a_fixed_batch_size(digits, tmp_path):
+    import onnx
+
+    model = onnx.load(str(digits["onnx"]))
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 4
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model, str(path))
+    result = optimize(path, PRUNE_QUANT, {"eval": digits["eval"]}, workdir=tmp_path / "out", benchmark=FAST_BENCH)
+    assert all(b.metrics["rows"] == 448 for b in result.benchmarks)  # 450 rows, trimmed to a multiple of 4
+    assert all(set(b.metrics["latency_ms_p50_by_batch"]) == {"4"} for b in result.benchmarks)
+    assert any("fixed batch size of 4" in w for w in result.warnings)
+    assert result.benchmarks[1].metrics["top1_agreement"] > 0.97

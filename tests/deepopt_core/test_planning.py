@@ -63,3 +63,13 @@ def test_refused_combinations(fmt, passes, outputs, message):
 def test_uint8_quantization_is_fine_on_onnx_tracks():
     (track,) = _plan("torchscript", [{"type": "quantize", "weight_dtype": "uint8"}], ["onnx"])
     assert track.steps == [(0, "onnx")]
+
+
+def test_prune_submit_check_needs_prunable_layers():
+    from deepopt_core.passes.base import SubmitContext, check_pass
+    from deepopt_core.passes.prune.config import MagnitudePruneConfig
+
+    spec = MagnitudePruneConfig(sparsity=0.5)
+    assert check_pass(spec, SubmitContext(model={"prunable_layers": 3})) == []
+    ((loc, message),) = check_pass(spec, SubmitContext(model={"prunable_layers": 0}))
+    assert loc == ("sparsity",) and "no Linear/Conv" in message

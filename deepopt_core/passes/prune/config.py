@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from deepopt_core.passes.base import PassConfig
+from deepopt_core.passes.base import PassConfig, SubmitContext
 
 
 class MagnitudePruneConfig(PassConfig):
@@ -21,6 +21,12 @@ class MagnitudePruneConfig(PassConfig):
     sparsity: float = Field(..., ge=0.0, lt=1.0, description="Fraction of prunable weights set to zero.")
     scope: Literal["global", "layer"] = "global"
     exclude: list[str] = Field(default_factory=list, description="Layer names to leave dense.")
+
+    def check(self, context: SubmitContext) -> list[tuple[tuple[str | int, ...], str]]:
+        """Submit-time check: the model must have weights this pass can prune."""
+        if context.model.get("prunable_layers", 1) == 0:
+            return [(("sparsity",), "the model has no Linear/Conv (MatMul/Gemm/Conv) weights to prune")]
+        return []
 
 
 # The first is the default when `method` is omitted.

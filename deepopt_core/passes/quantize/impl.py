@@ -27,8 +27,8 @@ from deepopt_core.errors import PassFailed
 from deepopt_core.passes.context import PassContext
 
 log = logging.getLogger("deepopt.passes.quantize")
-_QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeLSTM",
-                  "QAttention", "GatherBlockQuantized")
+_QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "MatMulIntegerToFloat",
+                  "DynamicQuantizeLSTM", "QAttention", "GatherBlockQuantized")
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> int:
@@ -106,9 +106,12 @@ def _resolve_exclude(model: onnx.ModelProto, exclude: list[str]) -> tuple[list[s
 def apply_onnx(spec: Any, model: onnx.ModelProto | str | Path, ctx: PassContext) -> onnx.ModelProto:
     """Quantize an ONNX model; other modes than ``dynamic`` go to ``ort_modes``."""
     if getattr(spec, "mode", "dynamic") != "dynamic":
-        from deepopt_core.passes.quantize import ort_modes  # type: ignore[attr-defined]
+        import importlib
 
-        return ort_modes.apply_onnx(spec, model, ctx)  # type: ignore[no-any-return]
+        other = getattr(importlib.import_module("deepopt_core.passes.quantize.ort_modes"), "apply_onnx", None)
+        if other is None:
+            raise PassFailed(f"quantize: mode {spec.mode!r} has no pipeline implementation")
+        return other(spec, model, ctx)  # type: ignore[no-any-return]
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if not isinstance(model, onnx.ModelProto):
