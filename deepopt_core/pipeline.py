@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from deepopt_core.datasets import Dataset, check_dataset_for_model, inspect_dataset, load_dataset
 from deepopt_core.errors import DeepOptError, InvalidDataset, InvalidPipeline, PassFailed
 from deepopt_core.evaluate.inputs import dataset_feed, synthetic_feed, take
+from deepopt_core.evaluate.runners import require_cuda
 from deepopt_core.formats import FILE_SUFFIXES, inspect_model
 from deepopt_core.passes.context import ModelHandle, PassContext
 from deepopt_core.planning import PlanError, Track, plan
@@ -200,7 +201,8 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
         data: dataset paths by role: ``{"calibration": ..., "eval": ..., "train": ...}`` (.npz or .jsonl).
         outputs: output formats; default: the source format (``onnx`` when an export pass is present).
         workdir: folder for the outputs (created).
-        device: ``"cpu"`` (the only device this version implements).
+        device: where the original and the outputs are benchmarked: ``"cpu"``, or ``"cuda"`` (ONNX Runtime's
+            CUDA provider, torch on the GPU); the passes themselves are offline transforms and run on the CPU.
         benchmark: ``BenchmarkSettings`` or its dict; defaults when None.
         on_progress: called with (fraction 0..1, stage name).
         model_info: the model's stored inspection (skips inspecting again).
@@ -228,8 +230,10 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
     except ValidationError as exc:
         raise InvalidPipeline(f"invalid pipeline: {exc.errors()[0]['msg']} at "
                               f"{'.'.join(map(str, exc.errors()[0]['loc']))}", field="passes") from None
-    if device != "cpu":
-        raise InvalidPipeline(f"device {device!r} is not available: this version runs on the CPU", field="device")
+    if device not in ("cpu", "cuda"):
+        raise InvalidPipeline(f"unknown device {device!r}; use 'cpu' or 'cuda'", field="device")
+    if device == "cuda":
+        require_cuda()
     info = ModelInfo.model_validate(model_info) if model_info is not None else inspect_model(model)
     try:
         tracks = plan(info.format, specs, outputs)
@@ -266,7 +270,7 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
                 progress.at(start + 0.9 * width, "verifying")
                 verify(path, fmt, info, sample, scratch)
                 result.artifacts.append(ArtifactResult(path=str(path), kind="model", format=fmt, filename=filename))
-        _benchmark(model, info, result, data_sets, tokenizer, settings, scratch, progress)
+        _benchmark(model, info, result, data_sets, tokenizer, settings, scratch, progress, device)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     progress.at(1.0, "done")
@@ -274,7 +278,7 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
 
 
 def _benchmark(model: Path, info: ModelInfo, result: Result, data_sets: dict[str, Dataset | None], tokenizer: Any,
-               settings: BenchmarkSettings, scratch: Path, progress: _Progress) -> None:
+               settings: BenchmarkSettings, scratch: Path, progress: _Progress, device: str = "cpu") -> None:
     from deepopt_core.evaluate.benchmark import Subject, benchmark_models, eval_inputs
 
     progress.at(TRACKS_END, "benchmark")
@@ -287,7 +291,7 @@ def _benchmark(model: Path, info: ModelInfo, result: Result, data_sets: dict[str
             if subject.format == "onnx":
                 subject.info = inspect_model(subject.path, "onnx")
         result.benchmarks.extend(benchmark_models(
-            original, subjects, inputs, settings, device="cpu", workdir=scratch, warnings=result.warnings,
+            original, subjects, inputs, settings, device=device, workdir=scratch, warnings=result.warnings,
             on_progress=progress.span(TRACKS_END, 0.99, "benchmark"),
         ))  # fmt: skip
     except DeepOptError:

@@ -109,10 +109,10 @@ class LiveService:
             time.sleep(0.2)
         raise RuntimeError(f"API did not start:\n{self.log('api')}")
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, queues: str = "cpu") -> subprocess.Popen[bytes]:
         from app.launcher import worker_command
 
-        worker = self._spawn(worker_command("cpu"), f"worker-{len(self.workers)}")
+        worker = self._spawn(worker_command(queues), f"worker-{len(self.workers)}")
         self.workers.append(worker)
         return worker
 

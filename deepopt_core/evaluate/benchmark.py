@@ -67,7 +67,8 @@ def measure(subject: Subject, inputs: EvalInputs, settings: BenchmarkSettings, r
             on_progress: Callable[[float], None] | None = None) -> tuple[BenchmarkResult, np.ndarray]:
     """Load, run (quality on all rows, then timing), and describe one model. Returns (result, first outputs)."""
     memory = MemoryWatch()
-    runner = open_runner(subject.path, subject.format, subject.info, threads=settings.threads, workdir=workdir)
+    runner = open_runner(subject.path, subject.format, subject.info, threads=settings.threads, workdir=workdir,
+                         device=device)
     try:
         memory.sample()
         batch_sizes = settings.batch_sizes

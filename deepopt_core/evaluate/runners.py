@@ -33,12 +33,28 @@ class Runner:
         return None
 
 
+def require_cuda() -> None:
+    """Fail the run with a clear message when `device="cuda"` was asked for on a worker without a GPU."""
+    import onnxruntime as ort
+    import torch
+
+    from deepopt_core.errors import InvalidPipeline
+
+    if not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise InvalidPipeline(
+            "device 'cuda' was asked for, but this worker has no usable CUDA device (torch CUDA: "
+            f"{torch.cuda.is_available()}, ONNX Runtime providers: {ort.get_available_providers()}); "
+            "run it on a worker of the gpu queue on a GPU machine, or ask for device 'cpu'",
+            field="device",
+        )
+
+
 class OrtRunner(Runner):
-    """ONNX Runtime on the CPU execution provider; inputs are cast to the session's input types."""
+    """ONNX Runtime on the CPU (or CUDA) execution provider; inputs are cast to the session's input types."""
 
     format = "onnx"
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu"):
         import onnxruntime as ort
 
         from deepopt_core.formats.onnx_inspect import load_onnx
@@ -50,7 +66,10 @@ class OrtRunner(Runner):
         options.inter_op_num_threads = 1
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         self.inputs = {i.name: _ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
 
     def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -82,7 +101,7 @@ class TorchRunner(Runner):
     """A torch module (TorchScript, .pt2 or Hugging Face), called with its inputs positionally."""
 
     def __init__(self, path: str | Path, model_format: str, info: ModelInfo, threads: int | None = None,
-                 workdir: str | Path | None = None):
+                 workdir: str | Path | None = None, device: str = "cpu"):
         import torch
 
         from deepopt_core.formats import load_torch_model
@@ -92,11 +111,14 @@ class TorchRunner(Runner):
         self.format = model_format
         self.names = [t.name for t in info.inputs]
         self.module, _ = load_torch_model(path, model_format, workdir)
+        self.device = device
+        if device != "cpu":
+            self.module = self.module.to(device)
 
     def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         from deepopt_core.formats.torch_common import run_module
 
-        return run_module(self.module, feed, self.names)
+        return run_module(self.module, feed, self.names, device=self.device)
 
     def num_parameters(self) -> int:
         from deepopt_core.formats.torch_common import count_parameters
@@ -110,11 +132,11 @@ class TorchRunner(Runner):
 
 
 def open_runner(path: str | Path, model_format: str, info: ModelInfo, *, threads: int | None = None,
-                workdir: str | Path | None = None) -> Runner:
-    """Load the model at `path` for running."""
+                workdir: str | Path | None = None, device: str = "cpu") -> Runner:
+    """Load the model at `path` for running on `device`."""
     if model_format == "onnx":
-        return OrtRunner(path, threads)
-    return TorchRunner(path, model_format, info, threads, workdir)
+        return OrtRunner(path, threads, device)
+    return TorchRunner(path, model_format, info, threads, workdir, device)
 
 
 def size_on_disk(path: str | Path) -> int:

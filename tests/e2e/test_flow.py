@@ -149,3 +149,19 @@ def test_cancel_a_running_job_frees_the_worker(live: LiveService, digits: Any) -
         quick = {"model_id": model["id"], "passes": PIPELINE[:1], "eval_dataset_id": eval_set["id"]}
         follow_up = client.post("/v1/jobs", json=quick).json()["id"]
         assert wait_for(client, follow_up, TERMINAL)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("backend_env", ["embedded"], indirect=True)
+def test_cuda_jobs_go_to_the_gpu_queue(live: LiveService, digits: Any) -> None:
+    """`device: cuda` routes to the gpu queue: the cpu worker leaves it alone, a gpu-queue worker takes it.
+    This machine has no GPU, so that worker fails the job with a reason instead of pretending."""
+    with httpx.Client(base_url=live.url, timeout=60) as client:
+        model = upload(client, digits.onnx)
+        body = {"model_id": model["id"], "passes": PIPELINE[:1], "device": "cuda"}
+        job_id = client.post("/v1/jobs", json=body).json()["id"]
+        time.sleep(3)
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+        assert 'deepopt_queue_depth{queue="gpu"} 1.0' in client.get("/metrics").text
+        live.start_worker("gpu")
+        job = wait_for(client, job_id, TERMINAL, timeout=120)
+        assert job["status"] == "failed" and "CUDA" in job["error"]["message"], job
