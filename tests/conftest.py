@@ -198,12 +198,23 @@ class Digits:
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
-    import onnxruntime as ort
+def digits_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The digits MLP as onnx / torchscript / torch_export, with digits_eval.npz and digits_calib.npz; built
+    once per session (tests/deepopt_core uses these paths directly)."""
+    import warnings
 
     from examples.digits import build_digits_models
 
-    paths = build_digits_models(tmp_path_factory.mktemp("digits"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_digits_models(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def digits(digits_paths: dict[str, Path]) -> Digits:
+    import onnxruntime as ort
+
+    paths = digits_paths
     held_out = np.load(paths["eval"])
     session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"input": held_out["input"]})[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.models import build_digits_models, build_tiny_bert, write_text_jsonl
+from tests.fixtures.models import build_tiny_bert, write_text_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -19,11 +19,10 @@ FAST_BENCH = {"batch_sizes": [1, 16], "runs": 5, "warmup": 1, "threads": 1}
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The digits MLP as onnx / torchscript / torch_export, and digits_eval.npz / digits_calib.npz."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return build_digits_models(tmp_path_factory.mktemp("digits"))
+def digits(digits_paths: dict[str, Path]) -> dict[str, Path]:
+    """Here `digits` is the dict of paths (onnx, torchscript, torch_export, eval, calibration), built once per
+    session by the root conftest."""
+    return digits_paths
 
 
 @pytest.fixture(scope="session")
