@@ -61,10 +61,9 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def inspect_dataset_file(path: Path, filename: str | None) -> dict[str, Any]:
+def inspect_dataset_file(path: Path) -> dict[str, Any]:
     """Return the `DatasetInfo` of the file as a dict, or raise a 4xx ProblemError naming the `file` field."""
     from deepopt_core.datasets import inspect_dataset
-
     from deepopt_core.errors import DeepOptError
 
     try:

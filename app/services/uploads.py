@@ -6,13 +6,17 @@ as soon as it is crossed, and memory stays flat whatever the file's size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.api.problems import FieldProblem, ProblemError, field_error
-from app.storage import IncomingFile, LocalStorage, TooLarge
+from app.storage import IncomingFile, LocalStorage, StoredFile, TooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
 
@@ -143,3 +147,28 @@ def _too_large(limit: int) -> ProblemError:
         413, f"the upload is larger than the limit of {limit} bytes", code="too_large",
         errors=[FieldProblem(field="file", message=f"larger than {limit} bytes")],
     )
+
+
+@dataclass(frozen=True)
+class AcceptedUpload:
+    stored: StoredFile
+    info: dict[str, Any]
+    filename: str
+    name: str
+
+
+async def accept_upload(
+    request: Request, storage: LocalStorage, limit: int, inspect: Callable[[Path], dict[str, Any]], default_name: str
+) -> AcceptedUpload:
+    """Receive the file, inspect it (in a thread: inspection blocks), and keep it only if inspection accepts it."""
+    form = await receive_upload(request, storage, limit)
+    assert form.file is not None
+    try:
+        info = await run_in_threadpool(inspect, form.file.path)
+        stored = form.file.commit()
+    except BaseException:
+        form.file.discard()
+        raise
+    # Only the last path component of a client's filename is kept, and only as a label.
+    filename = (form.filename or default_name).replace("\\", "/").rsplit("/", 1)[-1][:255] or default_name
+    return AcceptedUpload(stored, info, filename, (form.fields.get("name") or filename)[:255])

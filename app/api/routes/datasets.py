@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.problems import ProblemError
@@ -11,7 +10,7 @@ from app.api.routes.models import UPLOAD_BODY
 from app.db.models import Dataset
 from app.schemas import DatasetRead
 from app.services.inspection import inspect_dataset_file
-from app.services.uploads import receive_upload
+from app.services.uploads import accept_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -30,18 +29,11 @@ async def upload_dataset(
     request: Request, session: SessionDep, tenant: TenantDep, storage: StorageDep, settings: SettingsDep
 ) -> DatasetRead:
     """Upload a dataset for calibration, evaluation or training."""
-    form = await receive_upload(request, storage, settings.max_upload_bytes)
-    assert form.file is not None
-    try:
-        info = await run_in_threadpool(inspect_dataset_file, form.file.path, form.filename)
-        stored = form.file.commit()
-    except BaseException:
-        form.file.discard()
-        raise
-    filename = (form.filename or "dataset").rsplit("/", 1)[-1][:255]
+    upload = await accept_upload(request, storage, settings.max_upload_bytes, inspect_dataset_file, "dataset")
+    stored = upload.stored
     dataset = Dataset(
-        tenant=tenant, name=(form.fields.get("name") or filename)[:255], format=info["format"], filename=filename,
-        size_bytes=stored.size_bytes, sha256=stored.sha256, storage_key=stored.key, info=info,
+        tenant=tenant, name=upload.name, format=upload.info["format"], filename=upload.filename,
+        size_bytes=stored.size_bytes, sha256=stored.sha256, storage_key=stored.key, info=upload.info,
     )
     session.add(dataset)
     session.commit()

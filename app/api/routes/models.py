@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
@@ -16,7 +15,7 @@ from app.db.models import Model, utcnow
 from app.schemas import ModelRead, Page
 from app.services.inspection import inspect_model_file
 from app.services.jobs import active_jobs_for_model
-from app.services.uploads import receive_upload
+from app.services.uploads import accept_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -61,18 +60,14 @@ async def upload_model(
     request: Request, session: SessionDep, tenant: TenantDep, storage: StorageDep, settings: SettingsDep
 ) -> ModelRead:
     """Upload a model; its format is detected from the bytes and it is inspected before it is accepted."""
-    form = await receive_upload(request, storage, settings.max_upload_bytes)
-    assert form.file is not None
-    try:
-        info = await run_in_threadpool(inspect_model_file, form.file.path, settings.inspect_timeout_s)
-        stored = form.file.commit()
-    except BaseException:
-        form.file.discard()
-        raise
-    filename = (form.filename or "model").rsplit("/", 1)[-1][:255]
+    upload = await accept_upload(
+        request, storage, settings.max_upload_bytes,
+        lambda path: inspect_model_file(path, settings.inspect_timeout_s), "model",
+    )
+    stored = upload.stored
     model = Model(
-        tenant=tenant, name=(form.fields.get("name") or filename)[:255], format=info["format"],
-        filename=filename, size_bytes=stored.size_bytes, sha256=stored.sha256, storage_key=stored.key, info=info,
+        tenant=tenant, name=upload.name, format=upload.info["format"], filename=upload.filename,
+        size_bytes=stored.size_bytes, sha256=stored.sha256, storage_key=stored.key, info=upload.info,
     )
     session.add(model)
     session.commit()
