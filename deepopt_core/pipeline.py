@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from deepopt_core.datasets import Dataset, check_dataset_for_model, inspect_dataset, load_dataset
 from deepopt_core.errors import DeepOptError, InvalidDataset, InvalidPipeline, PassFailed
 from deepopt_core.evaluate.inputs import dataset_feed, synthetic_feed, take
+from deepopt_core.evaluate.manifest import write_manifest
 from deepopt_core.evaluate.runners import require_cuda
 from deepopt_core.formats import FILE_SUFFIXES, inspect_model
 from deepopt_core.passes.context import ModelHandle, PassContext
@@ -271,6 +272,14 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
                 verify(path, fmt, info, sample, scratch)
                 result.artifacts.append(ArtifactResult(path=str(path), kind="model", format=fmt, filename=filename))
         _benchmark(model, info, result, data_sets, tokenizer, settings, scratch, progress, device)
+        manifest = write_manifest(
+            workdir / f"{name}-manifest.json", model=model, model_format=info.format, specs=specs,
+            outputs=[fmt for track in tracks for fmt in track.outputs], data=data, device=device,
+            benchmark=settings, result=result,
+        )
+        result.artifacts.append(
+            ArtifactResult(path=str(manifest.resolve()), kind="report", format="json", filename=manifest.name)
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     progress.at(1.0, "done")

@@ -74,6 +74,12 @@ class BenchmarkSettings(BaseModel):
     runs: int = Field(50, ge=1, le=10_000, description="Timed runs per batch size, after warm-up.")
     warmup: int = Field(5, ge=0, le=1000)
     threads: int | None = Field(None, ge=1, le=256, description="Intra-op threads; default: all cores.")
+    graph_optimization_level: Literal["disabled", "basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimizations applied when timing ONNX models."
+    )
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=1, description="Warn on an artifact whose accuracy drops by more than this (absolute)."
+    )
 
 
 class TensorInfo(BaseModel):

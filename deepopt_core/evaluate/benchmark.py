@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from deepopt_core.datasets import Dataset
+from deepopt_core.evaluate.environment import machine, runtime_settings
+from deepopt_core.evaluate.honesty import add_warnings
 from deepopt_core.evaluate.inputs import dataset_feed, rows_of, synthetic_feed, take
 from deepopt_core.evaluate.latency import MemoryWatch, time_runner, timing_metrics
 from deepopt_core.evaluate.metrics import first_outputs, quality
@@ -67,8 +70,10 @@ def measure(subject: Subject, inputs: EvalInputs, settings: BenchmarkSettings, r
             on_progress: Callable[[float], None] | None = None) -> tuple[BenchmarkResult, np.ndarray]:
     """Load, run (quality on all rows, then timing), and describe one model. Returns (result, first outputs)."""
     memory = MemoryWatch()
+    loading = time.perf_counter()
     runner = open_runner(subject.path, subject.format, subject.info, threads=settings.threads, workdir=workdir,
-                         device=device)
+                         device=device, graph_optimization=settings.graph_optimization_level)
+    load_time_ms = (time.perf_counter() - loading) * 1000
     try:
         memory.sample()
         batch_sizes = settings.batch_sizes
@@ -87,6 +92,12 @@ def measure(subject: Subject, inputs: EvalInputs, settings: BenchmarkSettings, r
         metrics.update(timing_metrics(timing))
         metrics["inputs"] = inputs.source
         metrics["rows"] = int(len(outputs))
+        metrics["load_time_ms"] = round(load_time_ms, 2)
+        metrics["settings"] = {
+            "batch_sizes": batch_sizes, "runs": settings.runs, "warmup": settings.warmup,
+            **runtime_settings(subject.format, device, settings.threads, settings.graph_optimization_level),
+        }
+        metrics["machine"] = machine()
         report = runner.sparsity()
         first = batch_sizes[0]
         largest = max(batch_sizes)
@@ -141,4 +152,7 @@ def benchmark_models(original: Subject, artifacts: list[Subject], inputs: EvalIn
         if subject.artifact_index is None:
             reference = outputs
         results.append(result)
+    notes = add_warnings(results, settings.max_accuracy_drop)
+    if warnings is not None:
+        warnings.extend(notes)
     return results

@@ -28,6 +28,7 @@ class Timing:
 
     p50_ms: dict[int, float] = field(default_factory=dict)
     p95_ms: dict[int, float] = field(default_factory=dict)
+    p99_ms: dict[int, float] = field(default_factory=dict)
     throughput: dict[int, float] = field(default_factory=dict)
     peak_memory_bytes: int = 0
 
@@ -80,6 +81,7 @@ def time_runner(runner: Runner, feed: dict[str, np.ndarray], settings: Benchmark
         total = float(times.sum())
         timing.p50_ms[size] = float(np.percentile(times, 50) * 1000)
         timing.p95_ms[size] = float(np.percentile(times, 95) * 1000)
+        timing.p99_ms[size] = float(np.percentile(times, 99) * 1000)
         timing.throughput[size] = float(size * settings.runs / max(total, 1e-9))
         if on_progress is not None:
             on_progress((index + 1) / len(sizes))
@@ -92,5 +94,6 @@ def timing_metrics(timing: Timing) -> dict[str, Any]:
     return {
         "latency_ms_p50_by_batch": {str(k): round(v, 4) for k, v in timing.p50_ms.items()},
         "latency_ms_p95_by_batch": {str(k): round(v, 4) for k, v in timing.p95_ms.items()},
+        "latency_ms_p99_by_batch": {str(k): round(v, 4) for k, v in timing.p99_ms.items()},
         "throughput_per_s_by_batch": {str(k): round(v, 2) for k, v in timing.throughput.items()},
     }

@@ -3,7 +3,8 @@
 * ``fidelity_cosine``: mean over samples of the cosine similarity of the flattened first outputs;
 * ``max_abs_diff``: largest absolute difference of the first outputs;
 * ``top1_agreement``: share of samples with the same arg-max (classifier-shaped outputs: 2-D, more than one class);
-* ``accuracy``: share of samples whose arg-max equals the label, when the data has labels.
+* ``accuracy``: share of samples whose arg-max equals the label, when the data has labels;
+* ``top5_accuracy``: share whose label is among the 5 highest outputs (classifiers of more than 5 classes).
 """
 
 from __future__ import annotations
@@ -63,4 +64,15 @@ def quality(reference: np.ndarray | None, candidate: np.ndarray, labels: np.ndar
         value = accuracy(candidate, labels)
         if value is not None:
             metrics["accuracy"] = round(value, 6)
+        if value is not None and candidate.shape[1] > TOP_K:
+            metrics[f"top{TOP_K}_accuracy"] = round(top_k_accuracy(candidate, labels, TOP_K), 6)
     return metrics
+
+
+TOP_K = 5
+
+
+def top_k_accuracy(outputs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of samples whose label is among the `k` highest outputs."""
+    top = np.argpartition(-outputs, k - 1, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())

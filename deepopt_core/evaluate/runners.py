@@ -54,7 +54,8 @@ class OrtRunner(Runner):
 
     format = "onnx"
 
-    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu"):
+    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu",
+                 graph_optimization: str = "all"):
         import onnxruntime as ort
 
         from deepopt_core.formats.onnx_inspect import load_onnx
@@ -64,6 +65,7 @@ class OrtRunner(Runner):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.inter_op_num_threads = 1
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS[graph_optimization])
         if threads:
             options.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
@@ -90,6 +92,10 @@ class OrtRunner(Runner):
         return onnx_sparsity(self.model)
 
 
+_GRAPH_LEVELS = {
+    "disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
     "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
@@ -132,10 +138,10 @@ class TorchRunner(Runner):
 
 
 def open_runner(path: str | Path, model_format: str, info: ModelInfo, *, threads: int | None = None,
-                workdir: str | Path | None = None, device: str = "cpu") -> Runner:
+                workdir: str | Path | None = None, device: str = "cpu", graph_optimization: str = "all") -> Runner:
     """Load the model at `path` for running on `device`."""
     if model_format == "onnx":
-        return OrtRunner(path, threads, device)
+        return OrtRunner(path, threads, device, graph_optimization)
     return TorchRunner(path, model_format, info, threads, workdir, device)
 
 

@@ -19,8 +19,9 @@ def test_onnx_prune_quantize_benchmark(digits, tmp_path):
     events: list[tuple[float, str]] = []
     result = optimize(digits["onnx"], PRUNE_QUANT, {"eval": digits["eval"], "calibration": digits["calibration"]},
                       workdir=tmp_path / "out", benchmark=FAST_BENCH, on_progress=lambda f, s: events.append((f, s)))
-    (artifact,) = result.artifacts
+    artifact, manifest = result.artifacts
     assert artifact.format == "onnx" and artifact.filename == "digits_mlp-optimized.onnx"
+    assert (manifest.kind, manifest.format, manifest.filename) == ("report", "json", "digits_mlp-manifest.json")
     assert Path(artifact.path).is_file() and detect_format(artifact.path) == "onnx"
     original, optimized = result.benchmarks
     assert original.artifact_index is None and optimized.artifact_index == 0
@@ -42,8 +43,9 @@ def test_onnx_prune_quantize_benchmark(digits, tmp_path):
 def test_torchscript_source_to_torchscript_and_onnx(digits, tmp_path):
     result = optimize(digits["torchscript"], PRUNE_QUANT, {"eval": digits["eval"]}, ["torchscript", "onnx"],
                       workdir=tmp_path, benchmark=FAST_BENCH)
-    assert [a.format for a in result.artifacts] == ["torchscript", "onnx"]
-    assert [detect_format(a.path) for a in result.artifacts] == ["torchscript", "onnx"]
+    models = [a for a in result.artifacts if a.kind == "model"]
+    assert [a.format for a in models] == ["torchscript", "onnx"]
+    assert [detect_format(a.path) for a in models] == ["torchscript", "onnx"]
     assert [(d["type"], d["track"], d["representation"]) for d in result.decisions] == [
         ("prune", "torch", "torch"), ("quantize", "torch", "torch"),
         ("export", "onnx", "torch"), ("prune", "onnx", "onnx"), ("quantize", "onnx", "onnx"),
@@ -58,7 +60,7 @@ def test_torchscript_source_to_torchscript_and_onnx(digits, tmp_path):
 def test_hugging_face_text_eval_and_hf_output(tiny_bert_zip, text_jsonl, tmp_path):
     result = optimize(tiny_bert_zip, [{"type": "prune", "sparsity": 0.3}], {"eval": text_jsonl}, ["hf", "onnx"],
                       workdir=tmp_path, benchmark={"batch_sizes": [2], "runs": 2, "warmup": 1, "threads": 1})
-    assert [a.format for a in result.artifacts] == ["hf", "onnx"]
+    assert [a.format for a in result.artifacts] == ["hf", "onnx", "json"]
     assert detect_format(result.artifacts[0].path) == "hf"
     for bench in result.benchmarks:
         assert bench.metrics["inputs"] == "eval" and bench.metrics["rows"] == 12
