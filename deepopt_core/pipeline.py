@@ -21,6 +21,7 @@ from deepopt_core.datasets import Dataset, check_dataset_for_model, inspect_data
 from deepopt_core.errors import DeepOptError, InvalidDataset, InvalidPipeline, PassFailed
 from deepopt_core.evaluate.inputs import dataset_feed, synthetic_feed, take
 from deepopt_core.evaluate.manifest import write_manifest
+from deepopt_core.evaluate.plots import write_tradeoff_plot
 from deepopt_core.evaluate.runners import require_cuda
 from deepopt_core.formats import FILE_SUFFIXES, inspect_model
 from deepopt_core.passes.context import ModelHandle, PassContext
@@ -272,6 +273,9 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
                 verify(path, fmt, info, sample, scratch)
                 result.artifacts.append(ArtifactResult(path=str(path), kind="model", format=fmt, filename=filename))
         _benchmark(model, info, result, data_sets, tokenizer, settings, scratch, progress, device)
+        for plot in write_tradeoff_plot(result.benchmarks, result.artifacts, workdir, name):
+            result.artifacts.append(ArtifactResult(path=str(plot.resolve()), kind="plot",
+                                                   format=plot.suffix.lstrip("."), filename=plot.name))
         manifest = write_manifest(
             workdir / f"{name}-manifest.json", model=model, model_format=info.format, specs=specs,
             outputs=[fmt for track in tracks for fmt in track.outputs], data=data, device=device,

@@ -109,3 +109,27 @@ class JobRead(BaseModel):
     finished_at: datetime | None
     artifacts: list[ArtifactRead]
     benchmarks: list[BenchmarkRead]
+    decisions: list[dict[str, Any]] = Field(
+        default_factory=list, description="What each pass decided (per-layer sparsity, quantized nodes, ...)."
+    )
+    warnings: list[str] = Field(default_factory=list, description="What to know before shipping an output.")
+
+
+class CompareRow(BaseModel):
+    job_id: str | None = Field(..., description="Null for the original model.")
+    artifact_id: str | None
+    format: str
+    recipe: str = Field(..., description="The job's passes, in order.")
+    size_bytes: int
+    size_ratio: float = Field(..., description="Size against the original's.")
+    latency_ms_p50: float | None
+    speedup: float | None = Field(None, description="Original p50 latency / this p50 latency.")
+    sparsity: float
+    accuracy: float | None
+    fidelity_cosine: float | None
+    warnings: list[str]
+
+
+class Comparison(BaseModel):
+    model_id: str
+    rows: list[CompareRow]

@@ -68,7 +68,8 @@ def test_run_torchscript_prune_quantize(digits, tmp_path):
     assert {"prune", "quantize", "export", "benchmark"} <= {e["stage"] for e in progress}
     result = Result.model_validate_json((tmp_path / "out" / "result.json").read_text())
     assert [a.filename for a in result.artifacts] == [
-        "digits-optimized.pt", "digits-optimized.onnx", "digits-manifest.json"
+        "digits-optimized.pt", "digits-optimized.onnx", "digits-tradeoff.svg", "digits-tradeoff.png",
+        "digits-manifest.json",
     ]
     assert len(result.benchmarks) == 3
     assert all(b.metrics["accuracy"] >= result.benchmarks[0].metrics["accuracy"] - 0.02 for b in result.benchmarks)

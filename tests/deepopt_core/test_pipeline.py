@@ -19,9 +19,11 @@ def test_onnx_prune_quantize_benchmark(digits, tmp_path):
     events: list[tuple[float, str]] = []
     result = optimize(digits["onnx"], PRUNE_QUANT, {"eval": digits["eval"], "calibration": digits["calibration"]},
                       workdir=tmp_path / "out", benchmark=FAST_BENCH, on_progress=lambda f, s: events.append((f, s)))
-    artifact, manifest = result.artifacts
+    artifact, svg, png, manifest = result.artifacts
     assert artifact.format == "onnx" and artifact.filename == "digits_mlp-optimized.onnx"
     assert (manifest.kind, manifest.format, manifest.filename) == ("report", "json", "digits_mlp-manifest.json")
+    assert [(p.kind, p.format) for p in (svg, png)] == [("plot", "svg"), ("plot", "png")]
+    assert "<svg" in Path(svg.path).read_text() and Path(png.path).read_bytes()[:4] == b"\x89PNG"
     assert Path(artifact.path).is_file() and detect_format(artifact.path) == "onnx"
     original, optimized = result.benchmarks
     assert original.artifact_index is None and optimized.artifact_index == 0
@@ -38,6 +40,14 @@ def test_onnx_prune_quantize_benchmark(digits, tmp_path):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert {"prune", "quantize", "benchmark"} <= {s for _, s in events}
     assert not (tmp_path / "out" / ".work").exists()
+
+
+def test_pareto_front():
+    from deepopt_core.evaluate.plots import pareto_front
+
+    # (cost, quality): the cheapest, the best, and one that is both cheaper and better than a fourth.
+    points = [(1.0, 0.90), (5.0, 0.99), (2.0, 0.95), (3.0, 0.94)]
+    assert pareto_front(points) == [0, 1, 2]
 
 
 def test_torchscript_source_to_torchscript_and_onnx(digits, tmp_path):
@@ -60,7 +70,7 @@ def test_torchscript_source_to_torchscript_and_onnx(digits, tmp_path):
 def test_hugging_face_text_eval_and_hf_output(tiny_bert_zip, text_jsonl, tmp_path):
     result = optimize(tiny_bert_zip, [{"type": "prune", "sparsity": 0.3}], {"eval": text_jsonl}, ["hf", "onnx"],
                       workdir=tmp_path, benchmark={"batch_sizes": [2], "runs": 2, "warmup": 1, "threads": 1})
-    assert [a.format for a in result.artifacts] == ["hf", "onnx", "json"]
+    assert [a.format for a in result.artifacts] == ["hf", "onnx", "svg", "png", "json"]
     assert detect_format(result.artifacts[0].path) == "hf"
     for bench in result.benchmarks:
         assert bench.metrics["inputs"] == "eval" and bench.metrics["rows"] == 12

@@ -165,3 +165,42 @@ def test_cuda_jobs_go_to_the_gpu_queue(live: LiveService, digits: Any) -> None:
         live.start_worker("gpu")
         job = wait_for(client, job_id, TERMINAL, timeout=120)
         assert job["status"] == "failed" and "CUDA" in job["error"]["message"], job
+
+
+@pytest.mark.parametrize("backend_env", ["embedded"], indirect=True)
+def test_report_and_compare(live: LiveService, digits: Any, tmp_path: Path) -> None:
+    """Two recipes on one model: each job's HTML report is self-contained with the plot inline, and the
+    compare endpoint puts both next to the original."""
+    with httpx.Client(base_url=live.url, timeout=60) as client:
+        eval_set = upload(client, digits.eval_npz, "/v1/datasets")
+        model = upload(client, digits.onnx)
+        ids = []
+        for passes in (PIPELINE, PIPELINE[1:]):
+            body = {"model_id": model["id"], "passes": passes, "eval_dataset_id": eval_set["id"],
+                    "benchmark": {"batch_sizes": [1, 8], "runs": 20, "max_accuracy_drop": 0.01}}
+            ids.append(client.post("/v1/jobs", json=body).json()["id"])
+        jobs = [wait_for(client, job_id, TERMINAL) for job_id in ids]
+        assert all(job["status"] == "succeeded" for job in jobs), jobs
+        for job in jobs:
+            kinds = sorted((a["kind"], a["format"]) for a in job["artifacts"])
+            assert kinds == [("model", "onnx"), ("plot", "png"), ("plot", "svg"), ("report", "json")]
+            assert [d["type"] for d in job["decisions"]] == [p["type"] for p in job["spec"]["passes"]]
+
+        report = client.get(f"/v1/jobs/{ids[0]}/report")
+        assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+        page = report.text
+        assert "<svg" in page and "Pareto front" in page and "prune(magnitude, sparsity=0.5)" in page
+        assert "fc1" in page  # per-layer sparsity decisions
+        import re
+
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no external assets
+        assert "<script" not in page
+        (tmp_path / "report.html").write_text(page)
+
+        table = client.get("/v1/compare", params={"jobs": ",".join(ids)})
+        assert table.status_code == 200, table.text
+        rows = table.json()["rows"]
+        assert [r["job_id"] for r in rows] == [None, *ids]
+        assert rows[0]["format"] == "original" and rows[0]["size_ratio"] == 1.0
+        assert all(r["size_ratio"] < 0.35 and r["accuracy"] > 0.9 for r in rows[1:])
+        assert client.get("/v1/compare", params={"jobs": "nope"}).status_code == 422

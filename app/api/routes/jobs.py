@@ -41,6 +41,8 @@ def to_read(request: Request, job: Job) -> JobRead:
             )
             for b in job.benchmarks
         ],
+        decisions=(job.result_info or {}).get("decisions", []),
+        warnings=(job.result_info or {}).get("warnings", []),
     )
 
 
