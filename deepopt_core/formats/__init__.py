@@ -10,6 +10,7 @@ from typing import Any
 
 from deepopt_core.errors import InvalidModel
 from deepopt_core.formats.detect import detect_format, safe_extract
+from deepopt_core.formats.limits import check_declared_shapes
 from deepopt_core.specs import ModelFormat, ModelInfo
 
 __all__ = ["detect_format", "inspect_model", "load_torch_model", "safe_extract", "FILE_SUFFIXES"]
@@ -31,6 +32,12 @@ def inspect_model(path: str | Path, model_format: ModelFormat | None = None) -> 
     detected = detect_format(path)
     if model_format is not None and detected != model_format:
         raise InvalidModel(f"the file is {detected}, not {model_format}", field="model_format")
+    info = _inspect(path, detected)
+    check_declared_shapes(info)
+    return info
+
+
+def _inspect(path: str | Path, detected: str) -> ModelInfo:
     if detected == "onnx":
         from deepopt_core.formats.onnx_inspect import inspect_onnx
 
