@@ -8,6 +8,7 @@ job the reaper took away (because this worker looked dead) is never finished twi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -33,6 +34,8 @@ from app.storage import LocalStorage, copy_to
 
 log = logging.getLogger("deepopt.executor")
 
+# How running out of address space reads in the child's stderr (Python, C++, glibc, OpenBLAS).
+OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "Cannot allocate memory", "Memory allocation")
 MODEL_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2", "hf": "model.hf"}
 DATASET_ROLES = {"calibration": "calibration_dataset_id", "eval": "eval_dataset_id", "train": "train_dataset_id"}
 
@@ -104,7 +107,8 @@ def _read_events(stream: Any, state: ChildState) -> None:
             state.done = True
 
 
-def _die_with_parent() -> None:
+def _child_setup(memory_limit: int | None) -> None:
+    """Runs in the child before exec: die with the worker, and cap the child's address space."""
     # The child must not outlive a worker killed with SIGKILL: PR_SET_PDEATHSIG (Linux).
     try:
         import ctypes
@@ -112,6 +116,10 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     except Exception:
         pass
+    if memory_limit:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
 
 
 def prepare(job: Job, model: Model, datasets: dict[str, Dataset | None], storage: LocalStorage,
@@ -186,7 +194,8 @@ def _run_child(job_id: str, worker_id: str, request_path: Path, workdir: Path, s
     with open(stderr_path, "wb") as stderr:
         child = subprocess.Popen(
             [sys.executable, "-m", "deepopt_core.cli", "run", str(request_path)],
-            stdout=subprocess.PIPE, stderr=stderr, env=env, preexec_fn=_die_with_parent,
+            stdout=subprocess.PIPE, stderr=stderr, env=env,
+            preexec_fn=functools.partial(_child_setup, settings.job_memory_limit_bytes),
         )
         state = ChildState()
         reader = threading.Thread(target=_read_events, args=(child.stdout, state), daemon=True)
@@ -228,6 +237,11 @@ def _run_child(job_id: str, worker_id: str, request_path: Path, workdir: Path, s
         return "failed"
     tail = stderr_path.read_text(errors="replace")[-2000:] if stderr_path.exists() else ""
     reason = f"signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+    if settings.job_memory_limit_bytes and (any(s in tail for s in OUT_OF_MEMORY) or returncode == -9):
+        finish(job_id, worker_id, status="failed", error_code="memory_limit",
+               error_message=f"the job needed more than the workers' memory limit of "
+               f"{settings.job_memory_limit_bytes} bytes (DEEPOPT_JOB_MEMORY_LIMIT_BYTES); it ended with {reason}")
+        return "failed"
     finish(job_id, worker_id, status="failed", error_code="internal_error",
            error_message=f"the optimization process ended with {reason}: {tail.strip()[-1500:]}")
     return "failed"

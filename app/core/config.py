@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     requeue_queued_after_s: float = Field(300.0, gt=0, description="Re-send a queued job's task after this.")
     reaper_interval_s: float = Field(5.0, gt=0)
     job_timeout_s: float = Field(6 * 3600.0, gt=0, description="Wall-clock limit of one job run.")
+    job_memory_limit_bytes: int | None = Field(
+        None, ge=256 * 1024**2, description="Address-space limit of a job's process (RLIMIT_AS); unset = none."
+    )
     inspect_timeout_s: float = Field(120.0, gt=0)
     queues: str = Field("cpu", description="Queues a worker consumes (comma-separated): cpu, gpu.")
 
