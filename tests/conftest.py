@@ -157,7 +157,8 @@ def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
     from sqlalchemy import create_engine, text
 
     schema = f"deepopt_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # pre-ping: a fault test may restart PostgreSQL under this engine's pooled connection.
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as connection:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))
     redis.Redis.from_url(REDIS_URL).flushdb()
