@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from app.api.metrics import metrics_middleware
 from app.api.problems import install_problem_handlers
-from app.api.routes import artifacts, datasets, health, jobs, models, reports
+from app.api.routes import admin, artifacts, datasets, health, jobs, models, reports
 from app.core.config import get_settings
 
 log = logging.getLogger("deepopt.api")
@@ -24,10 +24,11 @@ def create_app() -> FastAPI:
     )
     app.middleware("http")(metrics_middleware)
     install_problem_handlers(app)
-    for module in (models, datasets, jobs, artifacts, reports, health):
+    for module in (models, datasets, jobs, artifacts, reports, admin, health):
         app.include_router(module.router)
-    if not settings.tenant_keys():
-        log.warning("DEEPOPT_API_KEYS is not set: the API is open, as one local tenant")
+    if not settings.tenant_keys() and not settings.admin_key:
+        log.warning("DEEPOPT_API_KEYS is not set: unless keys were issued (python -m app.keys create), the API "
+                    "is open, as one local tenant")
     return app
 
 

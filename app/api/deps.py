@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.api.problems import ProblemError
 from app.core.config import Settings, get_settings
 from app.core.db import get_sessionmaker
+from app.services.keys import Caller
 from app.storage import LocalStorage
 
 LOCAL_TENANT = "local"
@@ -31,24 +32,51 @@ def get_storage() -> LocalStorage:
     return LocalStorage(get_settings().storage_dir)
 
 
-def get_tenant(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> str:
-    """The tenant of the API key in `Authorization: Bearer KEY`; open mode (no keys set) is one local tenant."""
-    keys = settings.tenant_keys()
-    if not keys:
-        return LOCAL_TENANT
+def get_caller(
+    request: Request,
+    settings: Annotated[Settings, Depends(get_settings)],
+    session: Annotated[Session, Depends(get_session)],
+) -> Caller:
+    """Who calls: the tenant of the key in `Authorization: Bearer KEY` (a key of `DEEPOPT_API_KEYS` or one issued
+    by the admin API). With no key configured anywhere the server is open, as one local tenant."""
+    from app.services.keys import RATE_LIMITER, any_keys, caller_for_key
+
+    env_keys = settings.tenant_keys()
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
+    token = token.strip()
+    caller: Caller | None = None
     if scheme.lower() == "bearer" and token:
-        for key, tenant in keys.items():
-            if hmac.compare_digest(key.encode(), token.strip().encode()):
-                return tenant
-    raise ProblemError(
-        401, "a valid API key is required: Authorization: Bearer KEY", code="unauthorized",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+        for key, tenant in env_keys.items():
+            if hmac.compare_digest(key.encode(), token.encode()):
+                caller = Caller(tenant, None, is_admin=False)
+        if settings.admin_key and hmac.compare_digest(settings.admin_key.encode(), token.encode()):
+            caller = Caller("admin", None, is_admin=True)
+        if caller is None:
+            caller = caller_for_key(session, token)
+    if caller is None:
+        if env_keys or settings.admin_key or any_keys(session):
+            raise ProblemError(
+                401, "a valid API key is required: Authorization: Bearer KEY", code="unauthorized",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        caller = Caller(LOCAL_TENANT, None, is_admin=True)
+    RATE_LIMITER.check(caller.key_id or caller.tenant, settings.rate_limit_per_minute)
+    return caller
+
+
+def get_tenant(caller: Annotated[Caller, Depends(get_caller)]) -> str:
+    return caller.tenant
+
+
+def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    if not caller.is_admin:
+        raise ProblemError(403, "this needs an admin key", code="forbidden")
+    return caller
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[LocalStorage, Depends(get_storage)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+AdminDep = Annotated[Caller, Depends(get_admin)]

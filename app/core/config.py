@@ -26,6 +26,12 @@ class Settings(BaseSettings):
         None, description="Comma-separated API keys, each `KEY` or `TENANT:KEY`; unset = open, one tenant."
     )
 
+    admin_key: str | None = Field(None, description="A key that may call the admin API (/v1/admin/...).")
+    rate_limit_per_minute: int | None = Field(None, ge=1, description="Requests a minute per key; unset = none.")
+    tenant_max_storage_bytes: int | None = Field(None, ge=0, description="Stored bytes per tenant (uploads "
+                                                 "and artifacts); unset = no quota.")
+    tenant_max_active_jobs: int | None = Field(None, ge=1, description="Queued + running jobs per tenant.")
+
     heartbeat_interval_s: float = Field(2.0, gt=0)
     stale_after_s: float = Field(30.0, gt=0, description="A running job whose heartbeat is older is reaped.")
     max_attempts: int = Field(3, ge=1, description="Runs of a job before a lost worker fails it.")

@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session
 
 from app.api.problems import FieldProblem, ProblemError
 from app.core.broker import send_run_job
+from app.core.config import get_settings
 from app.db.models import Dataset, IdempotencyKey, Job, Model, utcnow
 from app.schemas import JobCreate
+from app.services.keys import check_job_quota
 from deepopt_core.passes.base import SubmitContext, check_pass
 from deepopt_core.planning import PlanError, plan
 
@@ -111,6 +113,7 @@ def create_job(*, session: Session, tenant: str, body: JobCreate, idempotency_ke
             return existing, False
 
     validate_job(session, tenant, body)
+    check_job_quota(session, tenant, get_settings().tenant_max_active_jobs)
     queue = "gpu" if body.device == "cuda" else "cpu"
     job = Job(
         tenant=tenant, model_id=body.model_id, status="queued", queue=queue,

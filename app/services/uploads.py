@@ -158,12 +158,22 @@ class AcceptedUpload:
 
 
 async def accept_upload(
-    request: Request, storage: LocalStorage, limit: int, inspect: Callable[[Path], dict[str, Any]], default_name: str
+    request: Request, storage: LocalStorage, limit: int, inspect: Callable[[Path], dict[str, Any]], default_name: str,
+    quota_check: Callable[[int], None] | None = None,
 ) -> AcceptedUpload:
-    """Receive the file, inspect it (in a thread: inspection blocks), and keep it only if inspection accepts it."""
+    """Receive the file, inspect it (in a thread: inspection blocks), and keep it only if inspection accepts it.
+
+    `quota_check(bytes)` raises when the tenant may not store that many more bytes: it runs before the body is
+    read (with the declared length) and again with the real size.
+    """
+    declared = request.headers.get("content-length", "")
+    if quota_check is not None:
+        await run_in_threadpool(quota_check, int(declared) if declared.isdigit() else 0)
     form = await receive_upload(request, storage, limit)
     assert form.file is not None
     try:
+        if quota_check is not None:
+            await run_in_threadpool(quota_check, form.file.size_bytes)
         info = await run_in_threadpool(inspect, form.file.path)
         stored = form.file.commit()
     except BaseException:

@@ -10,6 +10,7 @@ from app.api.routes.models import UPLOAD_BODY
 from app.db.models import Dataset
 from app.schemas import DatasetRead
 from app.services.inspection import inspect_dataset_file
+from app.services.keys import check_storage_quota
 from app.services.uploads import accept_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -29,7 +30,10 @@ async def upload_dataset(
     request: Request, session: SessionDep, tenant: TenantDep, storage: StorageDep, settings: SettingsDep
 ) -> DatasetRead:
     """Upload a dataset for calibration, evaluation or training."""
-    upload = await accept_upload(request, storage, settings.max_upload_bytes, inspect_dataset_file, "dataset")
+    upload = await accept_upload(
+        request, storage, settings.max_upload_bytes, inspect_dataset_file, "dataset",
+        quota_check=lambda size: check_storage_quota(session, tenant, settings.tenant_max_storage_bytes, size),
+    )
     stored = upload.stored
     dataset = Dataset(
         tenant=tenant, name=upload.name, format=upload.info["format"], filename=upload.filename,

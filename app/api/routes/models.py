@@ -15,6 +15,7 @@ from app.db.models import Model, utcnow
 from app.schemas import ModelRead, Page
 from app.services.inspection import inspect_model_file
 from app.services.jobs import active_jobs_for_model
+from app.services.keys import check_storage_quota
 from app.services.uploads import accept_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -63,6 +64,7 @@ async def upload_model(
     upload = await accept_upload(
         request, storage, settings.max_upload_bytes,
         lambda path: inspect_model_file(path, settings.inspect_timeout_s), "model",
+        quota_check=lambda size: check_storage_quota(session, tenant, settings.tenant_max_storage_bytes, size),
     )
     stored = upload.stored
     model = Model(

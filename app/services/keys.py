@@ -1,0 +1,112 @@
+"""API keys of tenants, stored only as sha256 hashes; quotas and a per-key request rate limit."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.api.problems import ProblemError
+from app.db.models import ApiKey, Artifact, Dataset, Job, Model, utcnow
+
+KEY_PREFIX = "dok_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, *, tenant: str, name: str = "", admin: bool = False) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the key itself, which is not stored and cannot be shown again."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(tenant=tenant, name=name or tenant, key_sha256=hash_key(key), prefix=key[:12], is_admin=admin)
+    session.add(row)
+    session.commit()
+    return row, key
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey | None:
+    row = session.get(ApiKey, key_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.commit()
+    return row
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: str
+    key_id: str | None
+    is_admin: bool
+
+
+def caller_for_key(session: Session, key: str) -> Caller | None:
+    row = session.scalar(select(ApiKey).where(ApiKey.key_sha256 == hash_key(key), ApiKey.revoked_at.is_(None)))
+    return Caller(row.tenant, row.id, row.is_admin) if row is not None else None
+
+
+def any_keys(session: Session) -> bool:
+    return session.scalar(select(ApiKey.id).limit(1)) is not None
+
+
+def storage_used(session: Session, tenant: str) -> int:
+    total = 0
+    for table in (Model, Dataset, Artifact):
+        total += int(session.scalar(select(func.coalesce(func.sum(table.size_bytes), 0))
+                                    .where(table.tenant == tenant)) or 0)
+    return total
+
+
+def check_storage_quota(session: Session, tenant: str, limit: int | None, incoming: int = 0) -> None:
+    if limit is None:
+        return
+    used = storage_used(session, tenant)
+    if used + incoming > limit:
+        raise ProblemError(
+            429, f"storage quota of {limit} bytes reached ({used} used, {incoming} more asked for); delete models "
+            "or ask for a larger quota", code="storage_quota", headers={"Retry-After": "3600"},
+        )
+
+
+def check_job_quota(session: Session, tenant: str, limit: int | None) -> None:
+    if limit is None:
+        return
+    active = int(session.scalar(select(func.count()).select_from(Job)
+                                .where(Job.tenant == tenant, Job.status.in_(("queued", "running")))) or 0)
+    if active >= limit:
+        raise ProblemError(
+            429, f"{active} jobs are queued or running, the limit of this tenant is {limit}; retry later",
+            code="job_quota", headers={"Retry-After": "30"},
+        )
+
+
+class RateLimiter:
+    """Token buckets per key, in this process: `per_minute` requests, refilled continuously."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: str, per_minute: int | None) -> None:
+        if not per_minute:
+            return
+        now = time.monotonic()
+        rate = per_minute / 60.0
+        with self._lock:
+            tokens, stamp = self._buckets.get(key, (float(per_minute), now))
+            tokens = min(float(per_minute), tokens + (now - stamp) * rate)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                wait = math.ceil((1.0 - tokens) / rate)
+                raise ProblemError(429, f"more than {per_minute} requests a minute with this key",
+                                   code="rate_limited", headers={"Retry-After": str(wait)})
+            self._buckets[key] = (tokens - 1.0, now)
+
+
+RATE_LIMITER = RateLimiter()
