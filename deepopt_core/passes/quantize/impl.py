@@ -1,14 +1,21 @@
-"""Dynamic int8 quantization: int8 weights, activations quantized on the fly (Jacob et al., 2018).
+"""The `quantize` pass: every mode on ONNX, and `dynamic`, `weight_only`, `fp16` and `bf16` on PyTorch.
 
-ONNX: ONNX Runtime's ``quantize_dynamic``. Its integer kernels cover MatMul, not Gemm, so Gemm nodes with a
-constant weight are first rewritten as MatMul + Add (what ``torch.onnx.export`` emits for ``nn.Linear``).
-Conv stays float with int8 weights (ONNX Runtime's CPU ConvInteger only takes uint8 weights).
+ONNX: the model is written into the pass's scratch folder and handed to its mode's function, which pre-processes
+it with ONNX Runtime's tooling, quantizes it, and verifies that ONNX Runtime's CPU provider runs the result:
 
-PyTorch: ``torch.ao.quantization.quantize_dynamic`` on ``nn.Linear`` for eager modules (Hugging Face), TorchScript
-graph-mode ``quantize_dynamic_jit`` for ScriptModules, and for ``torch.export`` graph modules each ``aten.linear``
-on a constant weight is replaced by a dynamically quantized Linear module.
+* ``dynamic``: :func:`.ort_dynamic.quantize_dynamic` (int8/uint8 weights, activations quantized at run time);
+* ``static``: :func:`.ort_static.quantize_static`, calibrated on the job's calibration dataset;
+* ``weight_only``: :func:`.ort_weight_only.quantize_weight_only` (``MatMulNBits``);
+* ``fp16`` / ``bf16``: :func:`.ort_float.convert_float`.
 
-Other modes (static, ...) live in :mod:`deepopt_core.passes.quantize.ort_modes` when registered.
+With ``accuracy_guard``, the eval dataset's rows (and labels, for the accuracy metric) feed the guard, which
+returns the most sensitive nodes to float. What each function decided (nodes quantized, nodes left in float and
+why, the guard's measurements, ops that need a GPU provider) goes into ``ctx.decisions``.
+
+PyTorch: ``dynamic`` is ``torch.ao``'s dynamic quantization of ``nn.Linear`` for eager modules (Hugging Face),
+TorchScript graph-mode ``quantize_dynamic_jit`` for ScriptModules, and for ``torch.export`` graph modules each
+``aten.linear`` on a constant weight is replaced by a dynamically quantized Linear module. ``weight_only``,
+``fp16`` and ``bf16`` are in :mod:`.torch_modes`. ``static`` runs on ONNX only (the planner refuses it on PyTorch).
 """
 
 from __future__ import annotations
@@ -20,139 +27,217 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
-from deepopt_core.errors import PassFailed
+from deepopt_core.errors import DeepOptError, PassFailed
 from deepopt_core.passes.context import PassContext
+from deepopt_core.passes.quantize.ort_common import gemm_to_matmul
+
+__all__ = ["apply_onnx", "apply_torch", "gemm_to_matmul"]
 
 log = logging.getLogger("deepopt.passes.quantize")
 _QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "MatMulIntegerToFloat",
-                  "DynamicQuantizeLSTM", "QAttention", "GatherBlockQuantized")
+                  "DynamicQuantizeLSTM", "QAttention", "QEmbedLayerNormalization", "GatherBlockQuantized",
+                  "MatMulNBits", "QLinearMatMul", "QLinearConv", "QGemm", "QuantizeLinear", "DequantizeLinear")
+CALIBRATION_BATCH = 32
+_HF_PREFIX = "hf_model."  # the Hugging Face wrapper's attribute (formats.torch_common.HF_PREFIX, without torch)
+GUARD_BATCH = 64
 
 
-def gemm_to_matmul(model: onnx.ModelProto) -> int:
-    """Rewrite, in place, ``Gemm(A, B, C)`` with a constant B, ``transA=0`` and ``alpha=1`` as MatMul (+ Add).
-
-    A transposed weight (``transB=1``) is stored transposed in a new initializer (the old one is dropped when no
-    other node uses it); ``beta`` scales C. The MatMul keeps the Gemm's name. Returns the number rewritten.
-    """
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    users = Counter(name for node in graph.node for name in node.input)
-    nodes: list[onnx.NodeProto] = []
-    rewritten = 0
-    for node in graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        has_bias = len(node.input) > 2 and bool(node.input[2])
-        beta = float(attrs.get("beta", 1.0))
-        if (node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or len(node.input) < 2
-                or node.input[1] not in inits or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0
-                or (has_bias and beta != 1.0 and node.input[2] not in inits)):
-            nodes.append(node)
-            continue
-        weight_name = node.input[1]
-        if attrs.get("transB", 0):
-            weight = numpy_helper.to_array(inits[weight_name]).T.copy()
-            new_name = weight_name if users[weight_name] == 1 else f"{weight_name}_transposed"
-            tensor = numpy_helper.from_array(weight, new_name)
-            if new_name == weight_name:
-                inits[weight_name].CopyFrom(tensor)
-            else:
-                graph.initializer.append(tensor)
-                inits[new_name] = graph.initializer[-1]
-            weight_name = new_name
-        name = node.name or f"Gemm_{rewritten}"
-        matmul_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], weight_name], [matmul_out], name=name))
-        if has_bias:
-            bias = node.input[2]
-            if beta != 1.0:
-                values = numpy_helper.to_array(inits[bias])
-                bias = f"{bias}_beta"
-                graph.initializer.append(numpy_helper.from_array((values * beta).astype(values.dtype), bias))
-            nodes.append(helper.make_node("Add", [matmul_out, bias], [node.output[0]], name=f"{name}_bias"))
-        rewritten += 1
-    still_used = {name for node in nodes for name in node.input}
-    kept = [t for t in graph.initializer if t.name in still_used or t.name in {i.name for i in graph.input}]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    return rewritten
+# ---------------------------------------------------------------------------------------------------------------
+# Feeds from the job's datasets
+# ---------------------------------------------------------------------------------------------------------------
 
 
-def _resolve_exclude(model: onnx.ModelProto, exclude: list[str]) -> tuple[list[str], list[str]]:
-    """Node names to exclude: given as node names, or layer names (``fc1``) / weight names (``fc1.weight``)."""
+def _tokenizer(ctx: PassContext) -> Any:
+    tokenizer = getattr(ctx, "tokenizer", None)
+    if tokenizer is None and ctx.hf_folder is not None:
+        from deepopt_core.formats.hf import load_tokenizer
+
+        tokenizer = load_tokenizer(ctx.hf_folder)
+    return tokenizer
+
+
+def dataset_feeds(ctx: PassContext, dataset: Any, rows: int, batch: int) -> list[dict[str, np.ndarray]]:
+    """The first `rows` rows of `dataset` as model inputs, in batches (of the model's fixed batch size if any)."""
+    from deepopt_core.evaluate.benchmark import static_batch
+    from deepopt_core.evaluate.inputs import batches, dataset_feed, rows_of, take
+
+    tokenizer = _tokenizer(ctx) if dataset.texts is not None else None
+    feed = dataset_feed(ctx.info, dataset, tokenizer=tokenizer, max_rows=rows)
+    fixed = static_batch(ctx.info)
+    if fixed:  # every batch must have the model's batch size: wrap around to fill the last one
+        total = max(fixed, -(-rows_of(feed) // fixed) * fixed)
+        return batches(take(feed, 0, total), fixed)
+    return batches(feed, batch)
+
+
+def _guard_kwargs(spec: Any, ctx: PassContext) -> dict[str, Any]:
+    """Arguments of the mode functions' accuracy guard, from `spec.accuracy_guard` and the eval dataset."""
+    from deepopt_core.evaluate.inputs import rows_of
+    from deepopt_core.passes.quantize.ort_common import accuracy_metric
+
+    guard = getattr(spec, "accuracy_guard", None)
+    if guard is None:
+        return {}
+    if ctx.eval is None:
+        raise PassFailed("quantize: the accuracy guard measures on the eval dataset; the job has none")
+    feeds = dataset_feeds(ctx, ctx.eval, guard.num_samples, GUARD_BATCH)
+    metric = None  # the mode functions' default: cosine fidelity to the unquantized model
+    if guard.metric == "accuracy":
+        if ctx.eval.labels is None:
+            raise PassFailed("quantize: the accuracy guard's metric 'accuracy' needs an eval dataset with labels")
+        rows = sum(rows_of(f) for f in feeds)
+        labels = ctx.eval.labels[np.arange(rows) % len(ctx.eval.labels)]
+        metric = accuracy_metric(labels)
+    return {"eval_feeds": feeds, "metric": metric, "max_drop": guard.max_drop, "max_fallback": guard.max_fallback}
+
+
+def _calibration_feeds(spec: Any, ctx: PassContext, required: bool) -> list[dict[str, np.ndarray]] | None:
+    if ctx.calibration is None:
+        if required:
+            raise PassFailed(f"quantize: mode {spec.mode!r} needs a calibration dataset (calibration_dataset_id)")
+        return None
+    return dataset_feeds(ctx, ctx.calibration, spec.num_samples, CALIBRATION_BATCH)
+
+
+def _exclude_names(model: onnx.ModelProto, exclude: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`exclude` with layer names (``fc1``) and weight names (``fc1.weight``) replaced by their node names;
+    node names, op types and glob patterns pass through. Returns (entries, alias -> node name)."""
     from deepopt_core.formats.onnx_inspect import weight_refs
     from deepopt_core.sparsity import onnx_layer_name
 
+    names = {n.name for n in model.graph.node} | {n.op_type for n in model.graph.node}
     by_alias: dict[str, str] = {}
     for ref in weight_refs(model):
-        by_alias[onnx_layer_name(ref)] = ref.node
-        by_alias[ref.name] = ref.node
-    node_names = {n.name for n in model.graph.node}
-    nodes, unmatched = [], []
+        for alias in (onnx_layer_name(ref), ref.name):
+            by_alias.setdefault(alias, ref.node)
+            by_alias.setdefault(alias.removeprefix(_HF_PREFIX), ref.node)
+        # torch.onnx.export names a layer's node after its module path (`/hf_model/bert/pooler/dense/Gemm`): the
+        # PyTorch layer name (`bert.pooler.dense`) selects it too.
+        parts = ref.node.strip("/").split("/")
+        if ref.node.startswith("/") and len(parts) > 1:
+            path = ".".join(parts[:-1])
+            by_alias.setdefault(path, ref.node)
+            by_alias.setdefault(path.removeprefix(_HF_PREFIX), ref.node)
+    entries, aliases = [], {}
     for entry in exclude:
-        if entry in node_names:
-            nodes.append(entry)
-        elif entry in by_alias:
-            nodes.append(by_alias[entry])
+        if entry not in names and entry in by_alias:
+            aliases[entry] = by_alias[entry]
+            entries.append(by_alias[entry])
         else:
-            unmatched.append(entry)
-    return nodes, unmatched
+            entries.append(entry)
+    return entries, aliases
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _run_mode(spec: Any, src: Path, out: Path, exclude: list[str], ctx: PassContext) -> dict[str, Any]:
+    from deepopt_core.passes.quantize import ort_dynamic, ort_float, ort_static, ort_weight_only
+
+    mode = spec.mode
+    if mode in ("fp16", "bf16"):
+        return ort_float.convert_float(src, out, dtype=mode, keep_io_types=spec.keep_io_types, exclude=exclude,
+                                       eval_feeds=[ctx.sample] if ctx.sample else None)
+    common: dict[str, Any] = {"exclude": exclude, "fusion": spec.fusion, "preprocess_model": spec.preprocess,
+                              **_guard_kwargs(spec, ctx)}
+    if mode == "dynamic":
+        return ort_dynamic.quantize_dynamic(src, out, weight_dtype=spec.weight_dtype, per_channel=spec.per_channel,
+                                            reduce_range=spec.reduce_range, **common)
+    if mode == "static":
+        calibration = _calibration_feeds(spec, ctx, required=True)
+        return ort_static.quantize_static(
+            src, out, calibration or [], calibration_method=spec.calibration, percentile=spec.percentile,
+            quant_format=spec.quant_format, per_channel=spec.per_channel, symmetric=spec.symmetric,
+            activation_dtype=spec.activation_dtype, num_samples=spec.num_samples, **common,
+        )  # fmt: skip
+    if mode == "weight_only":
+        return ort_weight_only.quantize_weight_only(
+            src, out, bits=spec.bits, block_size=spec.block_size, symmetric=spec.symmetric, algorithm=spec.algorithm,
+            accuracy_level=spec.accuracy_level, calibration=_calibration_feeds(spec, ctx, spec.algorithm == "gptq"),
+            num_samples=spec.num_samples, quantize_embeddings=spec.quantize_embeddings, **common,
+        )  # fmt: skip
+    raise PassFailed(f"quantize: unknown mode {mode!r}")
 
 
 def apply_onnx(spec: Any, model: onnx.ModelProto | str | Path, ctx: PassContext) -> onnx.ModelProto:
-    """Quantize an ONNX model; other modes than ``dynamic`` go to ``ort_modes``."""
-    if getattr(spec, "mode", "dynamic") != "dynamic":
-        import importlib
-
-        other = getattr(importlib.import_module("deepopt_core.passes.quantize.ort_modes"), "apply_onnx", None)
-        if other is None:
-            raise PassFailed(f"quantize: mode {spec.mode!r} has no pipeline implementation")
-        return other(spec, model, ctx)  # type: ignore[no-any-return]
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+    """Quantize (or convert) an ONNX model with the function of `spec.mode`; see the module docstring."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    rewritten = gemm_to_matmul(work)
-    try:
-        work = onnx.shape_inference.infer_shapes(work)
-    except Exception as exc:  # shape inference only helps; a model it cannot handle still quantizes
-        log.info("shape inference skipped: %s", exc)
-    ctx.progress(0.2)
-    exclude, unmatched = _resolve_exclude(work, list(spec.exclude))
-    if unmatched:
-        ctx.warn(f"quantize: exclude names {unmatched} match no node or layer")
-    op_types = ["MatMul", "Attention", "LSTM", "Gather", "EmbedLayerNormalization"]
-    if spec.weight_dtype == "uint8":
-        op_types.append("Conv")
-    with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
-        out = Path(tmp) / "quantized.onnx"
+    mode = getattr(spec, "mode", "dynamic")
+    exclude, aliases = _exclude_names(model, list(spec.exclude))
+    ctx.progress(0.05)
+    with tempfile.TemporaryDirectory(dir=ctx.workdir, prefix="quantize-") as tmp:
+        src, out = Path(tmp) / "input.onnx", Path(tmp) / "quantized.onnx"
+        onnx.save(model, str(src))
         try:
-            quantize_dynamic(
-                work, out, op_types_to_quantize=op_types, per_channel=spec.per_channel,
-                weight_type=QuantType.QInt8 if spec.weight_dtype == "int8" else QuantType.QUInt8,
-                nodes_to_exclude=exclude or None, extra_options={"MatMulConstBOnly": True},
-            )  # fmt: skip
-        except Exception as exc:
-            raise PassFailed(f"quantize: ONNX Runtime could not quantize the model: {str(exc)[:500]}") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                decisions = _run_mode(spec, src, out, exclude, ctx)
+        except DeepOptError:
+            raise
+        except Exception as exc:  # ONNX Runtime's tooling raises many kinds
+            message = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+            raise PassFailed(f"quantize ({mode}): ONNX Runtime could not process the model: {message}") from None
         quantized = onnx.load(str(out))
-    ctx.progress(0.9)
-    ops = Counter(n.op_type for n in quantized.graph.node)
-    count = sum(ops[op] for op in _QUANTIZED_OPS)
-    if count == 0:
-        ctx.warn("quantize: no node was quantized (no MatMul with a constant weight outside `exclude`)")
-    ctx.decisions.update({
-        "mode": "dynamic", "engine": "onnxruntime", "weight_dtype": spec.weight_dtype,
-        "per_channel": spec.per_channel, "gemm_rewritten_as_matmul": rewritten, "quantized_nodes": count,
-        "quantized_ops": {op: ops[op] for op in _QUANTIZED_OPS if ops[op]}, "excluded": exclude,
-        "float_conv": bool(ops["Conv"]) and spec.weight_dtype == "int8",
-    })  # fmt: skip
+    ctx.progress(0.95)
+    _record(spec, ctx, decisions, quantized, aliases)
+    ctx.progress(1.0)
     return quantized
+
+
+def _record(spec: Any, ctx: PassContext, decisions: dict[str, Any], quantized: onnx.ModelProto,
+            aliases: dict[str, str]) -> None:
+    """Put the mode function's decisions into ctx.decisions (with summary keys), and warn about what matters."""
+    mode = spec.mode
+    verification = decisions.get("verification") or {}
+    if verification.get("runs_on_cpu") is False:
+        ops = verification.get("ops_without_cpu_kernel") or verification.get("ops_rejecting_type") or []
+        needs = ", ".join(f"{o['op_type']} ({o['node']})" for o in ops) or verification.get("error", "")
+        raise PassFailed(f"quantize ({mode}): the result does not run on ONNX Runtime's CPU provider: {needs}"
+                         + ("; these ops need a GPU (or other) execution provider" if ops else ""))
+    ops = Counter(n.op_type for n in quantized.graph.node)
+    kept = decisions.get("kept_float") or []
+    excluded = sorted({k["node"] for k in kept if k.get("reason") == "excluded by the user"})
+    summary: dict[str, Any] = {
+        "mode": mode, "engine": "onnxruntime",
+        "quantized_nodes": len(decisions.get("quantized") or []),
+        "quantized_ops": {op: ops[op] for op in _QUANTIZED_OPS if ops[op]},
+        "excluded": excluded or decisions.get("kept_float32_nodes", []),
+        "exclude_aliases": aliases,
+    }  # fmt: skip
+    if mode == "dynamic":
+        summary.update(weight_dtype=spec.weight_dtype, per_channel=spec.per_channel)
+    ctx.decisions.update({**summary, **{k: v for k, v in decisions.items() if k != "mode"}})
+
+    unmatched = decisions.get("exclude_unmatched") or []
+    if unmatched:
+        ctx.warn(f"quantize: exclude entries {unmatched} match no node name, op type or layer")
+    if mode not in ("fp16", "bf16") and not decisions.get("quantized"):
+        ctx.warn(f"quantize ({mode}): no node was quantized (no MatMul/Gemm/Conv with a constant weight outside "
+                 "`exclude`)")
+    guard = decisions.get("guard")
+    if guard:
+        fallback = guard.get("fallback_nodes") or []
+        if fallback:
+            ctx.warn(f"quantize ({mode}): the accuracy guard left {len(fallback)} node(s) in float to keep the drop "
+                     f"at {guard['drop']:.3g} (max_drop {guard['max_drop']}): {', '.join(fallback)}")
+        if guard.get("within_max_drop") is False:
+            ctx.warn(f"quantize ({mode}): the accuracy guard could not bring the drop within max_drop "
+                     f"({guard['drop']:.3g} > {guard['max_drop']})")
+    if decisions.get("no_cpu_kernel"):
+        ctx.warn(f"quantize ({mode}): ONNX Runtime's CPU provider has no {mode} kernel for "
+                 f"{', '.join(decisions['no_cpu_kernel'])}: those ops compute in float32 behind casts (a GPU "
+                 "provider runs them in 16 bits)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PyTorch
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def _qconfig(spec: Any) -> Any:
@@ -167,50 +252,39 @@ def _quantize_graph_module(module: Any, qconfig: Any, exclude: set[str]) -> list
     from torch import nn
     from torch.ao.nn.quantized import dynamic as nnqd
 
-    from deepopt_core.formats.torch_common import get_attr
+    from deepopt_core.passes.quantize.torch_modes import replace_graph_linears
 
-    done: list[str] = []
-    for node in list(module.graph.nodes):
-        if node.op != "call_function" or str(node.target) != "aten.linear.default":
-            continue
-        args = list(node.args) + [None] * (3 - len(node.args))
-        x, weight, bias = args[:3]
-        if getattr(weight, "op", None) != "get_attr" or (bias is not None and getattr(bias, "op", None) != "get_attr"):
-            continue
-        layer = str(weight.target).removesuffix(".weight")
-        if layer in exclude:
-            continue
-        w = get_attr(module, str(weight.target))
-        float_linear = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+    def build(weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
+        float_linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         with torch.no_grad():
-            float_linear.weight.copy_(w)
+            float_linear.weight.copy_(weight)
             if bias is not None:
-                float_linear.bias.copy_(get_attr(module, str(bias.target)))
-        float_linear.qconfig = qconfig
-        name = "dq_" + layer.replace(".", "_")
-        module.add_submodule(name, nnqd.Linear.from_float(float_linear))
-        with module.graph.inserting_before(node):
-            replacement = module.graph.call_module(name, (x,))
-        node.replace_all_uses_with(replacement)
-        module.graph.erase_node(node)
-        for attr in (weight, bias):
-            if attr is not None and not attr.users:
-                target = str(attr.target)
-                module.graph.erase_node(attr)
-                owner, _, leaf = target.rpartition(".")
-                delattr(module.get_submodule(owner) if owner else module, leaf)
-        done.append(layer)
-    module.graph.lint()
-    module.recompile()
-    return done
+                float_linear.bias.copy_(bias)
+        float_linear.qconfig = qconfig  # type: ignore[assignment]
+        return nnqd.Linear.from_float(float_linear)
+
+    return replace_graph_linears(module, exclude, build, "dq_")
 
 
 def apply_torch(spec: Any, model: Any, ctx: PassContext) -> Any:
+    """Quantize a torch module: `dynamic` here, `weight_only` / `fp16` / `bf16` in :mod:`.torch_modes`."""
+    mode = getattr(spec, "mode", "dynamic")
+    problem = spec.representation_problem("torch") if hasattr(spec, "representation_problem") else None
+    if problem:
+        raise PassFailed(f"quantize: {problem}")
+    if mode in ("weight_only", "fp16", "bf16"):
+        from deepopt_core.passes.quantize import torch_modes
+
+        if mode == "weight_only":
+            return torch_modes.weight_only(spec, model, ctx)
+        return torch_modes.half_precision(spec, model, ctx)
+    if mode != "dynamic":
+        raise PassFailed(f"quantize: mode {mode!r} runs on ONNX models only; ask for 'onnx' output")
+    return _dynamic_torch(spec, model, ctx)
+
+
+def _dynamic_torch(spec: Any, model: Any, ctx: PassContext) -> Any:
     """Dynamically quantize the Linear layers of a torch module (see the module docstring for the three kinds)."""
-    if getattr(spec, "mode", "dynamic") != "dynamic":
-        raise PassFailed(f"quantize: mode {spec.mode!r} runs on ONNX models only")
-    if spec.weight_dtype != "int8":
-        raise PassFailed("quantize: PyTorch dynamic quantization stores int8 weights; uint8 is for ONNX outputs")
     import torch
     from torch import nn
     from torch.ao.quantization import quantize_dynamic, quantize_dynamic_jit
@@ -252,6 +326,8 @@ def apply_torch(spec: Any, model: Any, ctx: PassContext) -> Any:
     ctx.decisions.update({
         "mode": "dynamic", "engine": engine, "weight_dtype": "int8", "per_channel": spec.per_channel,
         "quantized_layers": layers, "linear_layers": linear_names, "excluded": sorted(exclude),
+        "kept_float": [{"layer": name, "reason": "excluded by the user"} for name in sorted(exclude)
+                       if name in linear_names],
     })  # fmt: skip
     ctx.progress(1.0)
     return quantized

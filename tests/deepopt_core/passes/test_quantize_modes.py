@@ -1,4 +1,4 @@
-"""The ONNX quantization modes (`deepopt_core.passes.quantize.ort_modes`) on small real models.
+"""The ONNX quantization modes (`deepopt_core.passes.quantize.ort_*`) on small real models.
 
 Two models are built once per module: a CNN trained for a few seconds on scikit-learn's 8x8 digits, and a
 2-layer BERT (`BertConfig`, random weights, eager attention, legacy exporter) with varied sequence lengths.
@@ -15,7 +15,11 @@ import numpy as np
 import onnx
 import pytest
 
-from deepopt_core.passes.quantize import ort_modes as om
+from deepopt_core.passes.quantize.ort_common import Outputs, accuracy_metric, run_outputs, verify
+from deepopt_core.passes.quantize.ort_dynamic import quantize_dynamic
+from deepopt_core.passes.quantize.ort_float import convert_float
+from deepopt_core.passes.quantize.ort_static import quantize_static
+from deepopt_core.passes.quantize.ort_weight_only import quantize_weight_only
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -84,7 +88,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 def _accuracy(path: Path | str, x: np.ndarray, y: np.ndarray) -> float:
-    out = om.run_outputs(path, [{"pixels": x}])[0][0]
+    out = run_outputs(path, [{"pixels": x}])[0][0]
     return float((out.argmax(-1) == y).mean())
 
 
@@ -154,21 +158,21 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         "calib": feeds(8, 4),
         "eval": feeds(3, 8),
         "test": test,
-        "reference": om.run_outputs(path, test),
+        "reference": run_outputs(path, test),
     }
 
 
 def _fidelity(bert: dict[str, object], path: Path) -> float:
     """Mean cosine of mean-pooled (masked) token embeddings against fp32, as the benchmark measures it."""
 
-    def pooled(outputs: om.Outputs) -> np.ndarray:
+    def pooled(outputs: Outputs) -> np.ndarray:
         rows = []
         for out, feed in zip(outputs, bert["test"], strict=True):  # type: ignore[call-overload]
             mask = feed["attention_mask"][..., None].astype(np.float32)
             rows.append((out[0] * mask).sum(1) / mask.sum(1))
         return np.concatenate(rows)
 
-    a, b = pooled(bert["reference"]), pooled(om.run_outputs(path, bert["test"]))  # type: ignore[arg-type]
+    a, b = pooled(bert["reference"]), pooled(run_outputs(path, bert["test"]))  # type: ignore[arg-type]
     a /= np.linalg.norm(a, axis=1, keepdims=True)
     b /= np.linalg.norm(b, axis=1, keepdims=True)
     return float((a * b).sum(1).mean())
@@ -185,7 +189,7 @@ def _ops(path: Path) -> Counter[str]:
 
 def test_dynamic_bert_fuses_then_quantizes_with_high_fidelity(bert: dict, tmp_path: Path) -> None:
     out = tmp_path / "dyn.onnx"
-    d = om.quantize_dynamic(bert["path"], out, fusion="full")
+    d = quantize_dynamic(bert["path"], out, fusion="full")
     assert d["preprocess"]["fused_ops"].get("Attention") == 2  # fusion found heads/hidden size itself
     assert d["preprocess"]["pre_process"] == "ok"
     ops = _ops(out)
@@ -199,10 +203,10 @@ def test_dynamic_bert_fuses_then_quantizes_with_high_fidelity(bert: dict, tmp_pa
 
 
 def test_dynamic_exclude_by_op_type_name_and_glob(bert: dict, tmp_path: Path) -> None:
-    first = om.quantize_dynamic(bert["path"], tmp_path / "a.onnx", fusion="full")
+    first = quantize_dynamic(bert["path"], tmp_path / "a.onnx", fusion="full")
     matmul = next(q["node"] for q in first["quantized"] if q["op_type"] == "MatMul")
     out = tmp_path / "b.onnx"
-    d = om.quantize_dynamic(
+    d = quantize_dynamic(
         bert["path"], out, fusion="full", exclude=["Attention", matmul, "*output/dense*", "no_such_node"]
     )
     kept = {k["node"]: k for k in d["kept_float"]}
@@ -216,7 +220,7 @@ def test_dynamic_exclude_by_op_type_name_and_glob(bert: dict, tmp_path: Path) ->
 
 def test_dynamic_default_is_unfused_per_channel(bert: dict, tmp_path: Path) -> None:
     out = tmp_path / "d.onnx"
-    d = om.quantize_dynamic(bert["path"], out)
+    d = quantize_dynamic(bert["path"], out)
     assert d["settings"]["fusion"] == "none" and d["preprocess"]["pre_process"] == "ok"
     assert sum(q["op_type"] == "MatMul" for q in d["quantized"]) == 12  # 4 attention x activation stay float
     assert sum("activation x activation" in k["reason"] or "no constant" in k["reason"] for k in d["kept_float"]) >= 4
@@ -225,7 +229,7 @@ def test_dynamic_default_is_unfused_per_channel(bert: dict, tmp_path: Path) -> N
 
 def test_dynamic_accuracy_guard_rebuilds_without_the_most_sensitive_node(bert: dict, tmp_path: Path) -> None:
     out = tmp_path / "g.onnx"
-    d = om.quantize_dynamic(bert["path"], out, eval_feeds=bert["eval"], max_drop=0.0, max_fallback=1)
+    d = quantize_dynamic(bert["path"], out, eval_feeds=bert["eval"], max_drop=0.0, max_fallback=1)
     guard = d["guard"]
     assert guard["fallback_nodes"] == list(guard["sensitivity"])[:1]
     kept = {k["node"]: k["reason"] for k in d["kept_float"]}
@@ -241,7 +245,7 @@ def test_dynamic_accuracy_guard_rebuilds_without_the_most_sensitive_node(bert: d
 
 def test_static_digits_cnn_keeps_accuracy(digits: dict, tmp_path: Path) -> None:
     out = tmp_path / "static.onnx"
-    d = om.quantize_static(digits["path"], out, digits["calib"], num_samples=96)
+    d = quantize_static(digits["path"], out, digits["calib"], num_samples=96)
     fp32 = _accuracy(digits["path"], digits["x_test"], digits["y_test"])
     int8 = _accuracy(out, digits["x_test"], digits["y_test"])
     assert fp32 > 0.9
@@ -255,7 +259,7 @@ def test_static_digits_cnn_keeps_accuracy(digits: dict, tmp_path: Path) -> None:
 @pytest.mark.parametrize("method", ["percentile", "entropy", "minmax"])
 def test_static_bert_calibration_methods(bert: dict, tmp_path: Path, method: str) -> None:
     out = tmp_path / f"{method}.onnx"
-    d = om.quantize_static(bert["path"], out, bert["calib"], calibration_method=method)
+    d = quantize_static(bert["path"], out, bert["calib"], calibration_method=method)
     kept = {k["node"]: k["reason"] for k in d["kept_float"]}
     # attention's activation x activation MatMuls stay float; all 12 weight MatMuls are int8 (u8s8 kernels)
     assert sum("activation x activation" in r for r in kept.values()) == 4
@@ -269,7 +273,7 @@ def test_static_bert_calibration_methods(bert: dict, tmp_path: Path, method: str
 def test_static_residual_stream_stays_float(bert: dict, tmp_path: Path) -> None:
     """Only the quantized MatMuls read dequantized activations: LayerNorm/residual inputs stay float."""
     out = tmp_path / "s.onnx"
-    om.quantize_static(bert["path"], out, bert["calib"], lower_matmuls=False)
+    quantize_static(bert["path"], out, bert["calib"], lower_matmuls=False)
     model = onnx.load(str(out))
     producers = {o: n for n in model.graph.node for o in n.output}
     for node in model.graph.node:
@@ -279,9 +283,9 @@ def test_static_residual_stream_stays_float(bert: dict, tmp_path: Path) -> None:
 
 
 def test_accuracy_guard_returns_most_sensitive_nodes_to_float(bert: dict, tmp_path: Path) -> None:
-    full = om.quantize_static(bert["path"], tmp_path / "full.onnx", bert["calib"])
+    full = quantize_static(bert["path"], tmp_path / "full.onnx", bert["calib"])
     out = tmp_path / "guard.onnx"
-    d = om.quantize_static(bert["path"], out, bert["calib"], eval_feeds=bert["eval"], max_drop=0.0, max_fallback=3)
+    d = quantize_static(bert["path"], out, bert["calib"], eval_feeds=bert["eval"], max_drop=0.0, max_fallback=3)
     guard = d["guard"]
     ranked = list(guard["sensitivity"])
     assert len(ranked) == len(full["quantized"])
@@ -295,12 +299,12 @@ def test_accuracy_guard_returns_most_sensitive_nodes_to_float(bert: dict, tmp_pa
 
 def test_accuracy_guard_with_accuracy_metric_on_digits(digits: dict, tmp_path: Path) -> None:
     out = tmp_path / "g.onnx"
-    d = om.quantize_static(
+    d = quantize_static(
         digits["path"],
         out,
         digits["calib"],
         eval_feeds=digits["eval"],
-        metric=om.accuracy_metric(digits["eval_labels"]),
+        metric=accuracy_metric(digits["eval_labels"]),
         max_drop=0.005,
     )
     assert d["guard"]["within_max_drop"] is True
@@ -318,7 +322,7 @@ def test_accuracy_guard_with_accuracy_metric_on_digits(digits: dict, tmp_path: P
 
 def test_weight_only_int8_is_near_lossless(bert: dict, tmp_path: Path) -> None:
     out = tmp_path / "w8.onnx"
-    d = om.quantize_weight_only(bert["path"], out, bits=8, block_size=32)
+    d = quantize_weight_only(bert["path"], out, bits=8, block_size=32)
     assert _ops(out)["MatMulNBits"] == 12
     assert d["settings"]["algorithm"] == "rtn"
     assert d["verification"]["runs_on_cpu"] is True
@@ -328,7 +332,7 @@ def test_weight_only_int8_is_near_lossless(bert: dict, tmp_path: Path) -> None:
 @pytest.mark.parametrize("algorithm", ["awq_clip", "rtn", "hqq"])
 def test_weight_only_int4(bert: dict, tmp_path: Path, algorithm: str) -> None:
     out = tmp_path / f"w4_{algorithm}.onnx"
-    d = om.quantize_weight_only(
+    d = quantize_weight_only(
         bert["path"], out, bits=4, block_size=32, algorithm=algorithm, calibration=bert["calib"]
     )
     assert _ops(out)["MatMulNBits"] == 12
@@ -347,7 +351,7 @@ def test_weight_only_int4(bert: dict, tmp_path: Path, algorithm: str) -> None:
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_float16_and_bfloat16_keep_io_float32(bert: dict, tmp_path: Path, dtype: str) -> None:
     out = tmp_path / f"{dtype}.onnx"
-    d = om.convert_float(bert["path"], out, dtype=dtype, eval_feeds=bert["eval"])
+    d = convert_float(bert["path"], out, dtype=dtype, eval_feeds=bert["eval"])
     model = onnx.load(str(out))
     assert all(i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for i in model.graph.input)
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -360,7 +364,7 @@ def test_float16_and_bfloat16_keep_io_float32(bert: dict, tmp_path: Path, dtype:
 
 def test_bf16_cnn_reports_ops_without_bf16_support(digits: dict, tmp_path: Path) -> None:
     out = tmp_path / "bf16.onnx"
-    d = om.convert_float(digits["path"], out, dtype="bf16")
+    d = convert_float(digits["path"], out, dtype="bf16")
     assert d["verification"]["runs_on_cpu"] is True
     assert {"Conv", "Gemm"} <= {k["op_type"] for k in d["kept_float32"]}
     fp32 = _accuracy(digits["path"], digits["x_test"], digits["y_test"])
@@ -379,7 +383,7 @@ def test_verify_reports_ops_that_need_another_provider() -> None:
     y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2, 4])
     node = helper.make_node("Trilu", ["x"], ["y"], name="gpu_only")  # no bfloat16 Trilu kernel on CPU
     model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
-    result = om.verify(model)
+    result = verify(model)
     assert result["runs_on_cpu"] is False
     assert result["ops_without_cpu_kernel"] == [{"op_type": "Trilu", "opset": 14, "node": "gpu_only"}]
     assert "GPU" in result["note"]
