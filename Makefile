@@ -6,16 +6,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deepopt-installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install run api worker test lint typecheck migrate bench bench-quant clean
+.PHONY: install run api worker test lint typecheck migrate openapi bench bench-quant bench-train clean
 
 install: $(STAMP)
 
 # torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# clients/python is the client generated from openapi.json (`make openapi`); the `deepopt` CLI uses it.
+$(STAMP): pyproject.toml clients/python/setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' -e clients/python
 	@touch $@
 
 migrate: install
@@ -39,8 +40,19 @@ typecheck: install
 test: install lint typecheck
 	$(PY) -m pytest -q -ra
 
+# The committed OpenAPI spec and the generated client: run after changing the API or a pass's config.
+openapi: install
+	$(PY) -m app.openapi --client
+
+# The quantization benchmark (MiniLM + digits CNN, about 5 minutes on 2 idle cores): writes
+# benchmarks/results/quantization.{md,json}. Add ARGS=--quick for a shorter run.
 bench-quant: install
-	$(PY) benchmarks/quantization.py
+	nice -n 10 $(PY) -m benchmarks.quantization $(ARGS)
+
+# The training benchmark (distill and finetune on digits, breast cancer and MiniLM; about an hour on 2 busy
+# cores): writes benchmarks/results/training.{md,json}. ARGS="--only digits cancer" runs a part.
+bench-train: install
+	nice -n 10 $(PY) -m benchmarks.training $(ARGS)
 
 clean:
 	rm -rf .deepopt .pytest_cache .mypy_cache .ruff_cache

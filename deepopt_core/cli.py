@@ -6,8 +6,11 @@
 
 ``python -m deepopt_core.cli run REQUEST_JSON``
     The request is ``{"model", "model_format"?, "model_name"?, "passes", "data": {"calibration", "eval", "train"},
-    "outputs", "device", "benchmark", "workdir"}``. Prints one JSON line per event on stdout:
-    ``{"event": "progress", "progress": 0.42, "stage": "prune"}`` ..., then writes ``<workdir>/result.json`` (a
+    "outputs", "device", "benchmark", "workdir", "extra_models"?: {model_id: path}}`` (``extra_models``: other
+    uploaded models that passes name, such as a distillation student). Prints one JSON line per event on stdout:
+    ``{"event": "progress", "progress": 0.42, "stage": "prune"}`` ... (training passes add their latest metrics:
+    ``{"event": "progress", "progress": 0.3, "stage": "finetune 40/300 loss 0.2130", "metrics": {"loss": 0.213,
+    "step": 40, "steps": 300, "epoch": 1}}``), then writes ``<workdir>/result.json`` (a
     :class:`deepopt_core.result.Result`) and prints ``{"event": "result"}`` (exit 0). On bad input or a failed
     pass it prints ``{"event": "error", "code", "message"}`` and exits 3; any other failure exits 1 with a
     traceback on stderr.
@@ -92,8 +95,11 @@ def _run(request_path: str, out: TextIO) -> int:
     workdir = Path(request["workdir"])
     data = {k: v for k, v in (request.get("data") or {}).items() if v}
 
-    def on_progress(fraction: float, stage: str) -> None:
-        _emit(out, {"event": "progress", "progress": fraction, "stage": stage})
+    def on_progress(fraction: float, stage: str, metrics: dict[str, Any] | None = None) -> None:
+        event: dict[str, Any] = {"event": "progress", "progress": fraction, "stage": stage}
+        if metrics:
+            event["metrics"] = metrics
+        _emit(out, event)
 
     try:
         model_info = None
@@ -105,6 +111,7 @@ def _run(request_path: str, out: TextIO) -> int:
             request["model"], request.get("passes") or [], data, request.get("outputs"), workdir=workdir,
             device=request.get("device") or "cpu", benchmark=request.get("benchmark"), on_progress=on_progress,
             model_info=model_info, model_name=request.get("model_name"),
+            extra_models=request.get("extra_models") or None,
         )  # fmt: skip
     except (DeepOptError, PassFailed) as exc:
         logging.getLogger("deepopt.cli").error("pipeline failed: %s", exc)

@@ -30,12 +30,16 @@ MAX_JSONL_LINE = 1 << 20
 
 @dataclass
 class Dataset:
-    """A loaded dataset: `arrays` (npz) or `texts` (jsonl), with optional `labels`."""
+    """A loaded dataset: `arrays` (npz) or `texts` (jsonl), with optional `labels` (int64 class indices).
+
+    `targets` keeps float `labels` of an .npz as float32 (regression targets for training passes).
+    """
 
     format: str
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     texts: list[str] | None = None
     labels: np.ndarray | None = None
+    targets: np.ndarray | None = None
 
     @property
     def num_rows(self) -> int:
@@ -221,7 +225,9 @@ def load_dataset(path: str | Path) -> Dataset:
     if _sniff(path) == "npz":
         arrays = load_npz(path)
         labels = arrays.pop(LABELS, None)
-        return Dataset("npz", arrays=arrays, labels=None if labels is None else labels.astype(np.int64))
+        targets = labels.astype(np.float32) if labels is not None and labels.dtype.kind == "f" else None
+        return Dataset("npz", arrays=arrays, labels=None if labels is None else labels.astype(np.int64),
+                       targets=targets)
     texts, raw_labels = load_jsonl(path)
     labels = None
     if raw_labels is not None:

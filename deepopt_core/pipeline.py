@@ -7,6 +7,7 @@ the same settings and inputs (:mod:`deepopt_core.evaluate`).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -38,19 +39,54 @@ TRACKS_END = 0.7
 
 
 class _Progress:
-    """Maps progress within a span of the run onto 0..1 and forwards it with the stage name."""
+    """Maps progress within a span of the run onto 0..1 and forwards it with the stage name.
+
+    A callback that takes a third argument also receives the latest training metrics (``{"loss": ...}``) of
+    the passes that report them; the stage then carries the step and loss too (``distill 120/400 loss 0.4123``).
+    """
 
     def __init__(self, callback: Progress | None):
         self.callback = callback
         self.last = 0.0
+        self.takes_metrics = _takes_metrics(callback)
 
-    def at(self, fraction: float, stage: str) -> None:
+    def at(self, fraction: float, stage: str, metrics: dict[str, Any] | None = None) -> None:
         self.last = max(self.last, min(fraction, 1.0))
-        if self.callback is not None:
+        if self.callback is None:
+            return
+        if metrics is not None and self.takes_metrics:
+            self.callback(round(self.last, 4), stage, metrics)  # type: ignore[call-arg]
+        else:
             self.callback(round(self.last, 4), stage)
 
     def span(self, start: float, end: float, stage: str) -> Callable[[float], None]:
         return lambda f: self.at(start + (end - start) * f, stage)
+
+    def metrics_span(self, start: float, end: float, stage: str) -> Callable[[float, dict[str, Any]], None]:
+        return lambda f, m: self.at(start + (end - start) * f, metrics_stage(stage, m), m)
+
+
+def _takes_metrics(callback: Any) -> bool:
+    import inspect
+
+    if callback is None:
+        return False
+    try:
+        parameters = list(inspect.signature(callback).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+
+def metrics_stage(stage: str, metrics: dict[str, Any]) -> str:
+    """The stage with the step and the latest loss, at most 64 characters (``finetune 40/300 loss 0.2130``)."""
+    text = stage
+    if metrics.get("step") is not None and metrics.get("steps"):
+        text += f" {metrics['step']}/{metrics['steps']}"
+    if isinstance(metrics.get("loss"), int | float):
+        text += f" loss {float(metrics['loss']):.4f}"
+    return text[:64]
 
 
 def _load_data(data: dict[str, Any] | None, info: ModelInfo) -> dict[str, Dataset | None]:
@@ -91,17 +127,33 @@ def _load_source(path: Path, info: ModelInfo, scratch: Path, hf_folder: Path | N
 
 
 def _run_pass(index: int, spec: Any, handle: ModelHandle, rep: str, base: PassContext, track: str,
-              progress: Callable[[float], None]) -> tuple[Any, dict[str, Any]]:
+              progress: Callable[[float], None],
+              metrics: Callable[[float, dict[str, Any]], None] | None = None,
+              outputs: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
+    impl = get_pass(spec.type).load()
+    reuse = getattr(impl, "REUSE_ACROSS_TRACKS", False) and rep == "torch"
+    if reuse and ("trained", index) in base.cache:
+        # A training pass runs once per job: the other track takes a copy of the same trained model (the passes
+        # before it are the same torch passes on both tracks), so that every output holds the same weights.
+        model, hf_folder, decided = base.cache[("trained", index)]
+        handle.hf_folder = hf_folder
+        progress(1.0)
+        return copy.deepcopy(model), {**decided, "track": track, "reused_from_track": decided["track"]}
     ctx = PassContext(workdir=base.workdir, info=base.info, sample=base.sample, calibration=base.calibration,
                       eval=base.eval, train=base.train, device=base.device, warnings=base.warnings,
-                      hf_folder=handle.hf_folder, on_progress=progress)
-    impl = get_pass(spec.type).load()
+                      hf_folder=handle.hf_folder, on_progress=progress, on_metrics=metrics,
+                      tokenizer=base.tokenizer, source=base.source, extra_models=base.extra_models,
+                      artifacts=base.artifacts, cache=base.cache, outdir=base.outdir,
+                      output_name=base.output_name, outputs=list(outputs or []))
     apply = getattr(impl, f"apply_{rep}", None)
     if apply is None:
         raise PassFailed(f"{spec.type} has no {rep} implementation")
     log.info("pass %d (%s) on %s", index, spec.type, rep)
     model = apply(spec, handle.model, ctx)
+    handle.hf_folder = ctx.hf_folder
     decision = {"index": index, "type": spec.type, "track": track, "representation": rep, **ctx.decisions}
+    if reuse:
+        base.cache[("trained", index)] = (copy.deepcopy(model), ctx.hf_folder, decision)
     return model, decision
 
 
@@ -182,9 +234,11 @@ def _run_track(track: Track, specs: list[Any], model: Path, base: PassContext, h
             done += 1
         if index in steps:
             spec = specs[index]
-            span = progress.span(start + done * width, start + (done + 1) * width, spec.type)
+            lo, hi = start + done * width, start + (done + 1) * width
+            span = progress.span(lo, hi, spec.type)
             span(0.0)
-            handle.model, decision = _run_pass(index, spec, handle, steps[index], base, track.representation, span)
+            handle.model, decision = _run_pass(index, spec, handle, steps[index], base, track.representation, span,
+                                               progress.metrics_span(lo, hi, spec.type), track.outputs)
             handle.quantized = handle.quantized or spec.type == "quantize"
             decisions.append(decision)
             done += 1
@@ -194,7 +248,8 @@ def _run_track(track: Track, specs: list[Any], model: Path, base: PassContext, h
 def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None = None,
              outputs: list[str] | None = None, *, workdir: str | Path, device: str = "cpu",
              benchmark: dict[str, Any] | BenchmarkSettings | None = None, on_progress: Progress | None = None,
-             model_info: ModelInfo | dict[str, Any] | None = None, model_name: str | None = None) -> Result:
+             model_info: ModelInfo | dict[str, Any] | None = None, model_name: str | None = None,
+             extra_models: dict[str, str | Path] | None = None) -> Result:
     """Optimize `model` with `passes`, save `outputs` into `workdir`, verify and benchmark them.
 
     Args:
@@ -206,9 +261,11 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
         device: where the original and the outputs are benchmarked: ``"cpu"``, or ``"cuda"`` (ONNX Runtime's
             CUDA provider, torch on the GPU); the passes themselves are offline transforms and run on the CPU.
         benchmark: ``BenchmarkSettings`` or its dict; defaults when None.
-        on_progress: called with (fraction 0..1, stage name).
+        on_progress: called with (fraction 0..1, stage name); a callback with a third parameter also gets the
+            latest metrics of training passes (``{"loss", "step", "steps", "epoch"}``) with their progress.
         model_info: the model's stored inspection (skips inspecting again).
         model_name: base of the output file names (default: the model file's stem).
+        extra_models: other uploaded models that passes name by id (a distillation student), id -> file path.
 
     Returns:
         The artifacts, the benchmarks (original first, ``artifact_index=None``), per-pass decisions, warnings.
@@ -256,7 +313,9 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
         sample = _sample(info, data_sets, tokenizer)
         base = PassContext(workdir=scratch, info=info, sample=sample, device=device, warnings=result.warnings,
                            hf_folder=hf_folder, calibration=data_sets["calibration"], eval=data_sets["eval"],
-                           train=data_sets["train"])
+                           train=data_sets["train"], tokenizer=tokenizer, source=model,
+                           extra_models={k: Path(v) for k, v in (extra_models or {}).items()}, outdir=workdir,
+                           output_name=name)
         progress.at(0.05, "loading")
         width = (TRACKS_END - 0.05) / len(tracks)
         for number, track in enumerate(tracks):
@@ -272,6 +331,7 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
                 progress.at(start + 0.9 * width, "verifying")
                 verify(path, fmt, info, sample, scratch)
                 result.artifacts.append(ArtifactResult(path=str(path), kind="model", format=fmt, filename=filename))
+        result.artifacts.extend(base.artifacts)  # files the passes wrote besides the model (an adapter)
         _benchmark(model, info, result, data_sets, tokenizer, settings, scratch, progress, device)
         for plot in write_tradeoff_plot(result.benchmarks, result.artifacts, workdir, name):
             result.artifacts.append(ArtifactResult(path=str(plot.resolve()), kind="plot",
@@ -311,3 +371,28 @@ def _benchmark(model: Path, info: ModelInfo, result: Result, data_sets: dict[str
         raise
     except Exception as exc:
         raise PassFailed(f"benchmark failed: {str(exc).splitlines()[0][:500]}") from exc
+    _note_quantization(result)
+
+
+def _note_quantization(result: Result) -> None:
+    """Each artifact's benchmark says what the quantize passes of its track left in float, and why (the
+    accuracy guard's fallbacks included), next to the quality it measured."""
+    for bench in result.benchmarks:
+        if bench.artifact_index is None:
+            continue
+        track = "onnx" if result.artifacts[bench.artifact_index].format == "onnx" else "torch"
+        notes = []
+        for d in result.decisions:
+            if d.get("type") != "quantize" or d.get("track") != track:
+                continue
+            kept = d.get("kept_float") or d.get("kept_float32") or []
+            guard = d.get("guard") or {}
+            notes.append({
+                "pass": d.get("index"), "mode": d.get("mode"),
+                "float": [{"name": k.get("node") or k.get("layer") or k.get("op_type"), "reason": k.get("reason")}
+                          for k in kept],
+                "guard": {k: guard.get(k) for k in ("metric_float", "metric_quantized", "drop", "max_drop",
+                                                    "within_max_drop", "fallback_nodes")} if guard else None,
+            })  # fmt: skip
+        if notes:
+            bench.metrics["quantization"] = notes

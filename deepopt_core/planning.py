@@ -70,13 +70,14 @@ def plan(model_format: str, passes: list[Any], outputs: list[str] | None) -> lis
                 problems.append(PlanProblem(
                     ("outputs",), "a TorchScript model cannot be re-exported with torch.export; ask for "
                     "'torchscript' or 'onnx' output"))
-            quantized = [i for i, _ in track.steps if passes[i].type == "quantize"]
-            for fmt in ("torch_export", "hf"):
-                if fmt in torch_outputs and quantized:
-                    saved_as = "a torch.export (.pt2) program" if fmt == "torch_export" else "safetensors"
-                    problems.append(PlanProblem(
-                        ("passes", quantized[0]), f"a PyTorch model quantized with packed int8 weights cannot be "
-                        f"saved as {saved_as} ({fmt!r} output); ask for 'torchscript' or 'onnx' output"))
+            # A config may refuse output formats its PyTorch result cannot be saved in (`output_problem`): packed
+            # int8 dynamic quantization as .pt2 or safetensors, weight-only layers as safetensors.
+            for i, _ in track.steps:
+                output_check = getattr(passes[i], "output_problem", None)
+                for fmt in torch_outputs:
+                    message = output_check(fmt) if callable(output_check) else None
+                    if message:
+                        problems.append(PlanProblem(("passes", i), message))
             tracks.append(track)
 
     if "onnx" in outputs:

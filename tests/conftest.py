@@ -226,3 +226,106 @@ def digits(digits_paths: dict[str, Path]) -> Digits:
         eval_npz=paths["eval"], calibration_npz=paths["calibration"], test_inputs=held_out["input"],
         test_labels=held_out["labels"], test_accuracy=accuracy,
     )
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "eu-west-1"}
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A local S3-compatible server (moto's server mode) on loopback."""
+
+    endpoint: str
+
+    def env(self, bucket: str, prefix: str = "blobs") -> dict[str, str]:
+        return {**S3_ENV, "DEEPOPT_STORAGE_URL": f"s3://{bucket}/{prefix}", "DEEPOPT_S3_ENDPOINT_URL": self.endpoint}
+
+    def filesystem(self) -> object:
+        import s3fs
+
+        return s3fs.S3FileSystem(key=S3_ENV["AWS_ACCESS_KEY_ID"], secret=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+                                 client_kwargs={"endpoint_url": self.endpoint, "region_name": "eu-west-1"},
+                                 skip_instance_cache=True, use_listings_cache=False)
+
+    def make_bucket(self) -> str:
+        bucket = f"deepopt-{uuid.uuid4().hex[:12]}"
+        self.filesystem().mkdir(bucket)  # type: ignore[attr-defined]
+        return bucket
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=log, stderr=log, start_new_session=True, env={**os.environ, **S3_ENV})
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{endpoint}/moto-api/", timeout=1).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield S3Server(endpoint)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+class WebhookReceiver:
+    """A webhook receiver on loopback that records each request and answers with the next planned status."""
+
+    def __init__(self, statuses: list[int] | None = None):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict[str, object]] = []
+        self.statuses = list(statuses or [])
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with receiver.lock:
+                    receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    status = receiver.statuses.pop(0) if receiver.statuses else 204
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, count: int, timeout: float = 30) -> list[dict[str, object]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.requests) >= count:
+                    return list(self.requests)
+            time.sleep(0.05)
+        raise AssertionError(f"{len(self.requests)} webhook requests after {timeout} s, expected {count}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()

@@ -1,4 +1,5 @@
-"""The Celery app of the workers: broker from settings, late acks, prefetch 1, and the reaper thread."""
+"""The Celery app of the workers: broker from settings, late acks, prefetch 1, and the background threads of
+every worker: the reaper, the webhook sender and the worker's own heartbeat row."""
 
 from __future__ import annotations
 
@@ -13,18 +14,23 @@ celery_app = make_celery(name="deepopt-worker")
 celery_app.conf.include = ["worker.tasks"]
 
 log = logging.getLogger("deepopt.worker")
-_stop_reaper = threading.Event()
+_stop_threads = threading.Event()
 
 
 @worker_ready.connect
-def _start_reaper(**_: object) -> None:
+def _start_threads(**_: object) -> None:
+    from app.services.webhooks import webhook_loop
+    from worker.presence import presence_loop
     from worker.reaper import reaper_loop
 
-    thread = threading.Thread(target=reaper_loop, args=(_stop_reaper,), name="deepopt-reaper", daemon=True)
-    thread.start()
-    log.info("reaper started")
+    for name, target in (("reaper", reaper_loop), ("webhooks", webhook_loop), ("presence", presence_loop)):
+        threading.Thread(target=target, args=(_stop_threads,), name=f"deepopt-{name}", daemon=True).start()
+    log.info("reaper, webhook sender and heartbeat started")
 
 
 @worker_shutdown.connect
 def _stop(**_: object) -> None:
-    _stop_reaper.set()
+    from worker.presence import leave
+
+    _stop_threads.set()
+    leave()

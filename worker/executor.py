@@ -25,18 +25,22 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import case, or_, select, update
 
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
+from app.core.notify import notify_job
 from app.db.models import Artifact, Benchmark, Dataset, Job, Model, utcnow
-from app.storage import LocalStorage, copy_to
+from app.services.histograms import JOB_DURATION, PASS_DURATION, observe
+from app.storage import Storage, copy_to, make_storage
+from worker.presence import CURRENT, beat
 
 log = logging.getLogger("deepopt.executor")
 
 # How running out of address space reads in the child's stderr (Python, C++, glibc, OpenBLAS).
 OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "Cannot allocate memory", "Memory allocation")
 MODEL_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2", "hf": "model.hf"}
+STAGE_WRITE_MIN_S = 0.5
 DATASET_ROLES = {"calibration": "calibration_dataset_id", "eval": "eval_dataset_id", "train": "train_dataset_id"}
 
 
@@ -58,12 +62,13 @@ def claim(job_id: str, worker_id: str, settings: Settings) -> bool:
             )
             .values(
                 status="running", worker_id=worker_id, heartbeat_at=now, attempts=Job.attempts + 1,
-                progress=0.0, stage="starting", error_code=None, error_message=None,
+                progress=0.0, stage="starting", error_code=None, error_message=None, version=Job.version + 1,
             )
         )
         if not result.rowcount:  # type: ignore[attr-defined]
             return False
         session.execute(update(Job).where(Job.id == job_id, Job.started_at.is_(None)).values(started_at=now))
+    notify_job(job_id)
     return True
 
 
@@ -73,9 +78,12 @@ def finish(job_id: str, worker_id: str, **values: Any) -> bool:
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
-            .values(finished_at=utcnow(), **values)
+            .values(finished_at=utcnow(), version=Job.version + 1, **values)
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        done = bool(result.rowcount)  # type: ignore[attr-defined]
+    if done:
+        notify_job(job_id)
+    return done
 
 
 @dataclass
@@ -87,6 +95,25 @@ class ChildState:
     error: dict[str, Any] | None = None
     done: bool = False
     lines: list[str] = field(default_factory=list)
+    # Seconds spent in each kind of stage (its first word: `prune`, `quantize`, `export`, `benchmark`, ...).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    _stage_kind: str | None = None
+    _stage_since: float = 0.0
+
+    def enter(self, stage: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        kind = stage.split(" ", 1)[0].split("/", 1)[0] if stage else ""
+        if kind == self._stage_kind:
+            return
+        self.close_stage(now)
+        self._stage_kind, self._stage_since = kind, now
+
+    def close_stage(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self._stage_kind:
+            spent = now - self._stage_since
+            self.stage_seconds[self._stage_kind] = self.stage_seconds.get(self._stage_kind, 0.0) + spent
+        self._stage_kind = None
 
 
 def _read_events(stream: Any, state: ChildState) -> None:
@@ -101,9 +128,11 @@ def _read_events(stream: Any, state: ChildState) -> None:
         if kind == "progress":
             state.progress = float(event.get("progress", state.progress))
             state.stage = str(event.get("stage") or state.stage)[:64]
+            state.enter(state.stage)
         elif kind == "error":
             state.error = event
         elif kind == "result":
+            state.close_stage()
             state.done = True
 
 
@@ -122,7 +151,7 @@ def _child_setup(memory_limit: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
 
 
-def prepare(job: Job, model: Model, datasets: dict[str, Dataset | None], storage: LocalStorage,
+def prepare(job: Job, model: Model, datasets: dict[str, Dataset | None], storage: Storage,
             workdir: Path) -> Path:
     """Lay out the child's inputs and request file; returns the request path."""
     inputs = workdir / "inputs"
@@ -158,7 +187,7 @@ def execute_job(job_id: str) -> str:
     if not claim(job_id, worker_id, settings):
         log.info("job %s: nothing to claim (done, cancelled, or running elsewhere)", job_id)
         return "skipped"
-    storage = LocalStorage(settings.storage_dir)
+    storage = make_storage(settings)
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -173,11 +202,17 @@ def execute_job(job_id: str) -> str:
     job_dir = settings.work_dir / job_id
     shutil.rmtree(job_dir, ignore_errors=True)  # leftovers of an earlier, dead attempt
     workdir = job_dir / f"attempt-{attempt}"
+    state = ChildState()
+    started = time.monotonic()
+    CURRENT["job_id"] = job_id
+    outcome = "failed"
     try:
         request_path = prepare(job, model, datasets, storage, workdir)
-        outcome = _run_child(job_id, worker_id, request_path, workdir, settings)
+        outcome = _run_child(job_id, worker_id, request_path, workdir, settings, state)
         if outcome == "done":
-            return _persist(job_id, worker_id, workdir, storage)
+            outcome = _persist(job_id, worker_id, workdir, storage)
+            if outcome == "succeeded":
+                _observe_durations(job.spec, state, time.monotonic() - started)
         return outcome
     except Exception as exc:
         log.exception("job %s failed in the worker", job_id)
@@ -185,9 +220,25 @@ def execute_job(job_id: str) -> str:
         return "failed"
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
+        CURRENT["job_id"] = None
+        try:
+            beat(jobs_done_increment=1)
+        except Exception:
+            log.debug("worker heartbeat after job %s failed", job_id, exc_info=True)
 
 
-def _run_child(job_id: str, worker_id: str, request_path: Path, workdir: Path, settings: Settings) -> str:
+def _observe_durations(spec: dict[str, Any], state: ChildState, run_seconds: float) -> None:
+    """Job run time under each pass type of the job, and the time spent in each pass, for /metrics."""
+    pass_types = list(dict.fromkeys(str(p.get("type")) for p in spec.get("passes", [])))
+    for pass_type in pass_types:
+        observe(JOB_DURATION, pass_type, run_seconds)
+    for kind, seconds in state.stage_seconds.items():
+        if kind in pass_types or kind == "export":
+            observe(PASS_DURATION, kind, seconds)
+
+
+def _run_child(job_id: str, worker_id: str, request_path: Path, workdir: Path, settings: Settings,
+               state: ChildState | None = None) -> str:
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     stderr_path = workdir / "stderr.log"
@@ -197,22 +248,25 @@ def _run_child(job_id: str, worker_id: str, request_path: Path, workdir: Path, s
             stdout=subprocess.PIPE, stderr=stderr, env=env,
             preexec_fn=functools.partial(_child_setup, settings.job_memory_limit_bytes),
         )
-        state = ChildState()
+        state = state if state is not None else ChildState()
         reader = threading.Thread(target=_read_events, args=(child.stdout, state), daemon=True)
         reader.start()
         started = time.monotonic()
-        next_beat = 0.0
+        next_beat = last_beat = 0.0
+        written_stage = ""
         try:
             while True:
                 returncode = child.poll()
                 now = time.monotonic()
-                if returncode is None and now < next_beat:
-                    time.sleep(0.2)
+                # A new stage is written soon (event streams show it) without beating more than twice a second.
+                stage_moved = state.stage != written_stage and now - last_beat >= STAGE_WRITE_MIN_S
+                if returncode is None and now < next_beat and not stage_moved:
+                    time.sleep(0.1)
                     continue
                 if returncode is not None:
                     reader.join(timeout=5)
                     break
-                next_beat = now + settings.heartbeat_interval_s
+                next_beat, last_beat, written_stage = now + settings.heartbeat_interval_s, now, state.stage
                 verdict = _heartbeat(job_id, worker_id, state)
                 if verdict == "lost":
                     log.warning("job %s: this worker no longer owns it; stopping", job_id)
@@ -248,17 +302,25 @@ def _run_child(job_id: str, worker_id: str, request_path: Path, workdir: Path, s
 
 
 def _heartbeat(job_id: str, worker_id: str, state: ChildState) -> str:
+    progress, stage = min(state.progress, 0.99), state.stage
+    # The version (the id of event-stream events) moves only when something a client sees changed.
+    moved = or_(Job.progress != progress, Job.stage.is_distinct_from(stage))
     try:
         with session_scope() as session:
+            before = session.scalar(select(Job.version).where(Job.id == job_id))
             result = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
-                .values(heartbeat_at=utcnow(), progress=min(state.progress, 0.99), stage=state.stage)
+                .values(heartbeat_at=utcnow(), progress=progress, stage=stage,
+                        version=Job.version + case((moved, 1), else_=0))
             )
             if not result.rowcount:  # type: ignore[attr-defined]
                 return "lost"
-            cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
-            return "cancel" if cancel else "ok"
+            cancel, after = session.execute(
+                select(Job.cancel_requested, Job.version).where(Job.id == job_id)).one()
+        if after != before:
+            notify_job(job_id)
+        return "cancel" if cancel else "ok"
     except Exception:
         # The database may be restarting; keep working and try again at the next beat.
         log.exception("job %s: heartbeat failed", job_id)
@@ -274,7 +336,7 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
         child.wait()
 
 
-def _persist(job_id: str, worker_id: str, workdir: Path, storage: LocalStorage) -> str:
+def _persist(job_id: str, worker_id: str, workdir: Path, storage: Storage) -> str:
     """Store the files, then write artifacts, benchmarks and `succeeded` in one transaction."""
     from deepopt_core.result import Result
 
@@ -315,11 +377,12 @@ def _persist(job_id: str, worker_id: str, workdir: Path, storage: LocalStorage) 
             return "cancelled"
         done = session.execute(
             update(Job).where(*guard).values(
-                status="succeeded", progress=1.0, stage="done", finished_at=utcnow(),
+                status="succeeded", progress=1.0, stage="done", finished_at=utcnow(), version=Job.version + 1,
                 result_info={"decisions": result.decisions, "warnings": result.warnings},
             )
         )
         if not done.rowcount:  # type: ignore[attr-defined]
             session.rollback()
             return "lost"
+    notify_job(job_id)
     return "succeeded"

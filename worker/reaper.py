@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from app.core.broker import send_run_job
 from app.core.config import get_settings
 from app.core.db import session_scope
+from app.core.notify import notify_job
 from app.db.models import Job, utcnow
 
 log = logging.getLogger("deepopt.reaper")
@@ -30,6 +31,7 @@ def reap_once() -> dict[str, int]:
     stale_before = now - timedelta(seconds=settings.stale_after_s)
     counts = {"requeued": 0, "failed": 0, "cancelled": 0, "resent": 0}
     to_send: list[tuple[str, str]] = []
+    changed: list[str] = []
     with session_scope() as session:
         stale = session.execute(
             select(Job.id, Job.attempts, Job.cancel_requested, Job.heartbeat_at, Job.queue).where(
@@ -39,20 +41,24 @@ def reap_once() -> dict[str, int]:
         for job_id, attempts, cancel_requested, heartbeat_at, queue in stale:
             guard = (Job.id == job_id, Job.status == "running", Job.heartbeat_at == heartbeat_at)
             if cancel_requested:
-                values = {"status": "cancelled", "finished_at": now, "stage": "cancelled", "worker_id": None}
+                values = {"status": "cancelled", "finished_at": now, "stage": "cancelled", "worker_id": None,
+                          "version": Job.version + 1}
                 key = "cancelled"
             elif attempts >= settings.max_attempts:
                 values = {
                     "status": "failed", "finished_at": now, "worker_id": None, "error_code": "worker_lost",
                     "error_message": f"the worker running this job stopped heartbeating {attempts} times; "
                     "giving up (the job may be too large for the workers' memory or time limits)",
+                    "version": Job.version + 1,
                 }
                 key = "failed"
             else:
-                values = {"status": "queued", "worker_id": None, "stage": "requeued", "enqueued_at": now}
+                values = {"status": "queued", "worker_id": None, "stage": "requeued", "enqueued_at": now,
+                          "version": Job.version + 1}
                 key = "requeued"
             if session.execute(update(Job).where(*guard).values(**values)).rowcount:  # type: ignore[attr-defined]
                 counts[key] += 1
+                changed.append(job_id)
                 log.warning("job %s: worker lost (heartbeat %s); %s", job_id, heartbeat_at, key)
                 if key == "requeued":
                     to_send.append((job_id, queue))
@@ -68,6 +74,8 @@ def reap_once() -> dict[str, int]:
             if session.execute(update(Job).where(*guard).values(enqueued_at=now)).rowcount:  # type: ignore[attr-defined]
                 counts["resent"] += 1
                 to_send.append((job_id, queue))
+    for job_id in changed:
+        notify_job(job_id)
     for job_id, queue in to_send:  # after the commit, so a fast worker sees the queued row
         try:
             send_run_job(job_id, queue)
@@ -78,8 +86,14 @@ def reap_once() -> dict[str, int]:
 
 def reaper_loop(stop: threading.Event) -> None:
     interval = get_settings().reaper_interval_s
+    passes = 0
     while not stop.wait(interval):
         try:
             reap_once()
+            passes += 1
+            if passes % 100 == 1:
+                from worker.presence import forget_vanished
+
+                forget_vanished()
         except Exception:
             log.exception("reaper pass failed; retrying")

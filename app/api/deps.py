@@ -14,7 +14,7 @@ from app.api.problems import ProblemError
 from app.core.config import Settings, get_settings
 from app.core.db import get_sessionmaker
 from app.services.keys import Caller
-from app.storage import LocalStorage
+from app.storage import Storage, make_storage
 
 LOCAL_TENANT = "local"
 
@@ -28,8 +28,8 @@ def get_session() -> Iterator[Session]:
 
 
 @lru_cache
-def get_storage() -> LocalStorage:
-    return LocalStorage(get_settings().storage_dir)
+def get_storage() -> Storage:
+    return make_storage(get_settings())
 
 
 def get_caller(
@@ -77,6 +77,6 @@ def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StorageDep = Annotated[LocalStorage, Depends(get_storage)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 AdminDep = Annotated[Caller, Depends(get_admin)]

@@ -8,13 +8,13 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from app.api.problems import ProblemError
-from app.storage import LocalStorage
+from app.storage import Storage
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def blob_response(
-    request: Request, storage: LocalStorage, key: str, size: int, filename: str, media_type: str
+    request: Request, storage: Storage, key: str, size: int, filename: str, media_type: str
 ) -> Response:
     etag = f'"{key}"'
     headers = {

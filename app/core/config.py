@@ -44,6 +44,32 @@ class Settings(BaseSettings):
     inspect_timeout_s: float = Field(120.0, gt=0)
     queues: str = Field("cpu", description="Queues a worker consumes (comma-separated): cpu, gpu.")
 
+    storage_url: str | None = Field(
+        None, description="Where files are kept: unset = `data_dir/blobs`; `s3://bucket/prefix` (or any fsspec URL) "
+        "so that API replicas and workers on different machines share them."
+    )
+    storage_options: str | None = Field(None, description="JSON object of fsspec options for `storage_url`.")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph, a test server).")
+
+    events_poll_s: float = Field(0.3, gt=0, description="How often an event stream re-reads its job row.")
+    events_keepalive_s: float = Field(15.0, gt=0, description="Comment lines that keep idle event streams open.")
+
+    public_url: str | None = Field(
+        None, description="The API's public base URL (e.g. https://deepopt.example.com): webhooks then carry absolute "
+        "download URLs; unset = paths."
+    )
+    webhook_secrets: str | None = Field(
+        None, description="Comma-separated `TENANT:SECRET` webhook signing secrets; a tenant not listed gets a "
+        "random secret kept in the database (GET /v1/webhooks/secret)."
+    )
+    webhook_allow_private: bool = Field(
+        False, description="Allow callback URLs on loopback, private, link-local and other non-public addresses."
+    )
+    webhook_max_attempts: int = Field(8, ge=1, description="Deliveries of one webhook before it is given up.")
+    webhook_backoff_s: float = Field(5.0, gt=0, description="First retry delay; doubles each attempt, at most 1 h.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Time limit of one delivery.")
+    webhook_interval_s: float = Field(1.0, gt=0, description="How often workers look for due deliveries.")
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -68,6 +94,15 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
+
+    def tenant_webhook_secrets(self) -> dict[str, str]:
+        """Map of tenant -> webhook secret from `webhook_secrets`."""
+        secrets: dict[str, str] = {}
+        for item in (self.webhook_secrets or "").split(","):
+            tenant, sep, secret = item.strip().partition(":")
+            if sep and tenant and secret:
+                secrets[tenant] = secret
+        return secrets
 
     def tenant_keys(self) -> dict[str, str]:
         """Map of API key -> tenant name."""

@@ -99,6 +99,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     result_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Bumped by every change a client can see (status, stage, progress, attempts): the id of event-stream events.
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", order_by="Artifact.created_at", lazy="selectin"
@@ -175,3 +177,67 @@ class ApiKey(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class WebhookDelivery(Base):
+    """The webhook of a job with a `callback_url`: created with the job, sent when the job ends, retried with
+    backoff until a 2xx or `webhook_max_attempts`. Each attempt's outcome is recorded here."""
+
+    __tablename__ = "webhook_delivery"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), unique=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    # pending (waiting for the job to end, or for the next try), delivered, failed (gave up)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    event: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (Index("ix_webhook_delivery_status_next", "status", "next_attempt_at"),)
+
+
+class WebhookSecret(Base):
+    """A tenant's webhook signing secret (HMAC-SHA256 needs the secret itself, so it is stored as is)."""
+
+    __tablename__ = "webhook_secret"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """A live worker process: it refreshes `heartbeat_at` every heartbeat interval and deletes its row when it
+    stops; the reaper removes rows of workers that vanished long ago."""
+
+    __tablename__ = "worker"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255), index=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    current_job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MetricHistogram(Base):
+    """A cumulative Prometheus histogram kept in SQL, so that every API replica reports what all workers saw."""
+
+    __tablename__ = "metric_histogram"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(String(64), primary_key=True)
+    buckets: Mapped[dict[str, int]] = mapped_column(JSON, doc="Observations per bucket upper bound (not cumulative).")
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    sum: Mapped[float] = mapped_column(Float, default=0.0)

@@ -59,6 +59,12 @@ class JobCreate(BaseModel):
     )
     device: Device = "cpu"
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+    callback_url: str | None = Field(
+        None, max_length=2048,
+        description="http(s) URL that gets a signed POST (`X-DeepOpt-Signature: sha256=HMAC-SHA256(body)` with the "
+        "tenant's webhook secret) when the job ends; retried with backoff. Loopback and private addresses are "
+        "refused unless the operator allows them.",
+    )
 
 
 class JobError(BaseModel):
@@ -133,3 +139,27 @@ class CompareRow(BaseModel):
 class Comparison(BaseModel):
     model_id: str
     rows: list[CompareRow]
+
+
+class WebhookDeliveryRead(BaseModel):
+    id: str
+    job_id: str
+    url: str
+    status: Literal["pending", "delivered", "failed"] = Field(
+        ..., description="pending: the job has not ended, or the next try is due at `next_attempt_at`."
+    )
+    event: str | None = Field(None, description="`job.succeeded`, `job.failed` or `job.cancelled` once sent.")
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class WebhookSecretRead(BaseModel):
+    tenant: str
+    secret: str = Field(..., description="Verify `X-DeepOpt-Signature` as `sha256=` + hex HMAC-SHA256(secret, body).")
+    source: Literal["settings", "generated"] = Field(
+        ..., description="settings: DEEPOPT_WEBHOOK_SECRETS (rotate it there); generated: kept in the database."
+    )

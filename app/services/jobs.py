@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from app.api.problems import FieldProblem, ProblemError
 from app.core.broker import send_run_job
 from app.core.config import get_settings
-from app.db.models import Dataset, IdempotencyKey, Job, Model, utcnow
+from app.core.notify import notify_job
+from app.db.models import Dataset, IdempotencyKey, Job, Model, WebhookDelivery, utcnow
 from app.schemas import JobCreate
 from app.services.keys import check_job_quota
 from deepopt_core.passes.base import SubmitContext, check_pass
@@ -71,6 +72,13 @@ def validate_job(session: Session, tenant: str, body: JobCreate) -> tuple[Model,
             path = ".".join(str(x) for x in ("passes", index, *location))
             problems.append(FieldProblem(field=path, message=message, pointer="#/" + path.replace(".", "/")))
 
+    if body.callback_url is not None:
+        from app.services.webhooks import check_callback_url
+
+        refused = check_callback_url(body.callback_url, get_settings().webhook_allow_private)
+        if refused:
+            problems.append(FieldProblem(field="callback_url", message=refused, pointer="#/callback_url"))
+
     unknown_shape = [t["name"] for t in model.info.get("inputs", []) if t.get("shape") is None]
     if unknown_shape and not (body.eval_dataset_id or body.calibration_dataset_id):
         problems.append(
@@ -121,6 +129,8 @@ def create_job(*, session: Session, tenant: str, body: JobCreate, idempotency_ke
     )
     session.add(job)
     session.flush()
+    if body.callback_url:
+        session.add(WebhookDelivery(job_id=job.id, tenant=tenant, url=body.callback_url))
     if idempotency_key:
         session.add(IdempotencyKey(tenant=tenant, key=idempotency_key, request_sha256=request_hash, job_id=job.id))
     try:
@@ -162,13 +172,15 @@ def cancel_job(session: Session, job: Job) -> Job:
     result = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status == "queued")
-        .values(status="cancelled", finished_at=now, stage="cancelled", cancel_requested=True)
+        .values(status="cancelled", finished_at=now, stage="cancelled", cancel_requested=True,
+                version=Job.version + 1)
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         session.execute(
             update(Job).where(Job.id == job.id, Job.status == "running").values(cancel_requested=True)
         )
     session.commit()
+    notify_job(job.id)
     session.refresh(job)
     if job.status not in ("queued", "running", "cancelled") and not job.cancel_requested:
         raise ProblemError(409, f"the job already ended: {job.status}", code="job_finished")

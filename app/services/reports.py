@@ -9,7 +9,9 @@ from typing import Any
 
 from app.db.models import Benchmark, Job
 from app.schemas import CompareRow
-from app.storage import LocalStorage
+from app.storage import Storage
+
+MAX_INLINE_SVG_BYTES = 8 * 1024 * 1024
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>DeepOpt report {job_id}</title>
@@ -94,18 +96,18 @@ def _decisions(decisions: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def _inline_svg(job: Job, storage: LocalStorage) -> str:
+def _inline_svg(job: Job, storage: Storage) -> str:
     svg = next((a for a in job.artifacts if a.kind == "plot" and a.format == "svg"), None)
     if svg is None or not storage.exists(svg.storage_key):
         return "<p>No plot.</p>"
-    text = storage.path(svg.storage_key).read_text(errors="replace")
+    text = storage.read_bytes(svg.storage_key, MAX_INLINE_SVG_BYTES).decode(errors="replace")
     # Our own matplotlib output; drop the XML prolog and anything scriptable all the same.
     text = re.sub(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>", "", text)
     text = re.sub(r"<script.*?</script>", "", text, flags=re.S | re.I)
     return f"<figure>{text}</figure>"
 
 
-def render_report(job: Job, storage: LocalStorage) -> str:
+def render_report(job: Job, storage: Storage) -> str:
     info = job.result_info or {}
     warnings = info.get("warnings", [])
     error = f" ({html.escape(job.error_code)}: {html.escape(job.error_message or '')})" if job.error_code else ""

@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.api.problems import FieldProblem, ProblemError, field_error
-from app.storage import IncomingFile, LocalStorage, StoredFile, TooLarge
+from app.storage import IncomingFile, Storage, StoredFile, TooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
 
@@ -28,7 +28,7 @@ class UploadedForm:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-async def receive_upload(request: Request, storage: LocalStorage, limit: int) -> UploadedForm:
+async def receive_upload(request: Request, storage: Storage, limit: int) -> UploadedForm:
     """Parse a multipart body with one `file` part and small text fields; raise a 4xx ProblemError on bad input.
 
     The caller owns `form.file` and must `commit()` or `discard()` it.
@@ -158,7 +158,7 @@ class AcceptedUpload:
 
 
 async def accept_upload(
-    request: Request, storage: LocalStorage, limit: int, inspect: Callable[[Path], dict[str, Any]], default_name: str,
+    request: Request, storage: Storage, limit: int, inspect: Callable[[Path], dict[str, Any]], default_name: str,
     quota_check: Callable[[int], None] | None = None,
 ) -> AcceptedUpload:
     """Receive the file, inspect it (in a thread: inspection blocks), and keep it only if inspection accepts it.
@@ -175,7 +175,7 @@ async def accept_upload(
         if quota_check is not None:
             await run_in_threadpool(quota_check, form.file.size_bytes)
         info = await run_in_threadpool(inspect, form.file.path)
-        stored = form.file.commit()
+        stored = await run_in_threadpool(form.file.commit)  # an object store upload blocks
     except BaseException:
         form.file.discard()
         raise

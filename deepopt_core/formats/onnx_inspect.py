@@ -30,7 +30,7 @@ _QUANTIZED_WEIGHT_OPS = {"MatMulInteger": 3, "ConvInteger": 3, "DynamicQuantizeM
 _QUANT_PARAM_SLOTS = {
     "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "DynamicQuantizeLinear": (), "MatMulInteger": (2, 3),
     "ConvInteger": (2, 3), "DynamicQuantizeMatMul": (2, 3), "MatMulIntegerToFloat": (2, 3, 4, 5),
-    "QLinearMatMul": (1, 2, 4, 5, 6, 7), "QLinearConv": (1, 2, 4, 5, 6, 7),
+    "QLinearMatMul": (1, 2, 4, 5, 6, 7), "QLinearConv": (1, 2, 4, 5, 6, 7), "MatMulNBits": (2, 3),
 }  # fmt: skip
 _PARAMETER_TYPES = {
     TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE, TensorProto.INT8,
@@ -177,10 +177,17 @@ def count_parameters(model: onnx.ModelProto) -> int:
     for node in model.graph.node:
         if node.op_type == "Mul" and activation_scales.intersection(node.input):
             quant_params.update(node.input)
+    # MatMulNBits packs 8 // bits weights into each byte of its uint8 input B.
+    per_byte = {
+        node.input[1]: 8 // next((a.i for a in node.attribute if a.name == "bits"), 4)
+        for node in model.graph.node
+        if node.op_type == "MatMulNBits" and len(node.input) > 1
+    }
     total = 0
     for tensor in model.graph.initializer:
         if tensor.data_type in _PARAMETER_TYPES and tensor.name not in quant_params:
-            total += int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+            elements = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+            total += elements * per_byte.get(tensor.name, 1)
     return total
 
 

@@ -140,12 +140,49 @@ def zeros_of_quantized(weight: torch.Tensor) -> tuple[int, int]:
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Elements of parameters plus those of quantized weights and biases (which are not parameters)."""
+    """Elements of parameters plus those of quantized weights and biases (which are not parameters).
+
+    Weight-only quantized layers (``qweight`` buffers or ``*_qweight`` attributes, as the quantize pass writes
+    them) count their weights' elements: a packed 4-bit byte holds two. A frozen TorchScript module, which has no
+    parameters left, counts the float tensors its graph reads as constants.
+    """
     module = unwrap(module)
     total = sum(p.numel() for p in module.parameters())
     for weight, bias in quantized_weights(module).values():
         total += weight.numel() + (bias.numel() if bias is not None else 0)
+    buffers = dict(module.named_buffers())
+    for name, value in buffers.items():
+        if name.rpartition(".")[2] == "qweight":
+            total += _packed_elements(value)
+            bias = buffers.get(name.removesuffix("qweight") + "bias")
+            total += bias.numel() if isinstance(bias, torch.Tensor) else 0
+    if total == 0 and is_script(module):
+        total += _frozen_elements(module)  # type: ignore[arg-type]
     return int(total)
+
+
+def _packed_elements(value: torch.Tensor) -> int:
+    return value.numel() * (2 if value.dtype == torch.uint8 else 1)
+
+
+def _frozen_elements(module: torch.jit.ScriptModule) -> int:
+    try:
+        graph: Any = module.graph
+    except (RuntimeError, AttributeError):
+        return 0
+    total = 0
+    for node in graph.findAllNodes("prim::Constant"):
+        value = node.output()
+        if isinstance(value.type(), torch._C.TensorType):
+            tensor = value.toIValue()
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.dim() > 0:
+                total += tensor.numel()
+    for node in graph.findAllNodes("prim::GetAttr"):
+        name = node.s("name")
+        if name.endswith("_qweight") and module._c.hasattr(name):
+            value = module._c.getattr(name)
+            total += _packed_elements(value) if isinstance(value, torch.Tensor) else 0
+    return total
 
 
 def module_kinds(module: nn.Module) -> dict[str, int]:

@@ -5,7 +5,9 @@ the implementation module with `apply_onnx` and/or `apply_torch`, one `register_
 test matrix (`tests/deepopt_core/test_passes.py`) and a paragraph in the README.
 """
 
+from deepopt_core.passes.distill.config import DistillConfig
 from deepopt_core.passes.export.config import ExportConfig
+from deepopt_core.passes.finetune.config import FINETUNE_CONFIGS
 from deepopt_core.passes.prune.config import PRUNE_CONFIGS
 from deepopt_core.passes.quantize.config import QUANTIZE_CONFIGS
 from deepopt_core.registry import register_pass
@@ -13,3 +15,5 @@ from deepopt_core.registry import register_pass
 register_pass("quantize", QUANTIZE_CONFIGS, "deepopt_core.passes.quantize.impl", ("onnx", "torch"), "mode")
 register_pass("prune", PRUNE_CONFIGS, "deepopt_core.passes.prune.impl", ("onnx", "torch"), "method")
 register_pass("export", ExportConfig, "deepopt_core.passes.export.impl", ("torch",))
+register_pass("distill", DistillConfig, "deepopt_core.passes.distill.impl", ("torch",))
+register_pass("finetune", FINETUNE_CONFIGS, "deepopt_core.passes.finetune.impl", ("torch",), "method")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class PassConfig(BaseModel):
@@ -19,13 +19,17 @@ class SubmitContext(BaseModel):
     """Facts a pass config can check at submit time, before any job runs (no heavy imports needed).
 
     `model` is the stored inspection (`ModelInfo` as a dict); the dataset entries are `DatasetInfo` dicts, or
-    None when the job names no such dataset.
+    None when the job names no such dataset. `models` holds the inspections of other models the passes name by
+    id (a distillation's student or teacher; an id missing here is an unknown model), and `outputs` the job's
+    output formats (None: the default).
     """
 
     model: dict[str, Any]
     calibration: dict[str, Any] | None = None
     eval: dict[str, Any] | None = None
     train: dict[str, Any] | None = None
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    outputs: list[str] | None = None
 
 
 def check_pass(spec: BaseModel, context: SubmitContext) -> list[tuple[tuple[str | int, ...], str]]:
@@ -35,3 +39,10 @@ def check_pass(spec: BaseModel, context: SubmitContext) -> list[tuple[tuple[str 
     """
     check = getattr(spec, "check", None)
     return list(check(context)) if callable(check) else []
+
+
+def referenced_models(spec: BaseModel) -> list[str]:
+    """Ids of other uploaded models that a pass spec names (``{"student": {"model_id": ...}}``); the API loads
+    their inspections into :attr:`SubmitContext.models` and the worker passes their files as ``extra_models``."""
+    names = getattr(spec, "referenced_models", None)
+    return list(names()) if callable(names) else []

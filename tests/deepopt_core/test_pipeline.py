@@ -91,7 +91,7 @@ def test_bad_requests(digits, tmp_path):
     with pytest.raises(InvalidPipeline, match="export converts PyTorch"):
         optimize(digits["onnx"], [{"type": "export"}], workdir=tmp_path)
     with pytest.raises(InvalidPipeline, match="unknown pass"):
-        optimize(digits["onnx"], [{"type": "distill"}], workdir=tmp_path)
+        optimize(digits["onnx"], [{"type": "no-such-pass"}], workdir=tmp_path)
     with pytest.raises(InvalidPipeline, match="sparsity"):
         optimize(digits["onnx"], [{"type": "prune", "sparsity": 1.5}], workdir=tmp_path)
     with pytest.raises(InvalidDataset, match="no array named 'input'"):

@@ -56,7 +56,7 @@ def list_keys(session: SessionDep, _admin: AdminDep) -> list[KeyRead]:
     return [_read(row) for row in session.scalars(select(ApiKey).order_by(ApiKey.created_at.desc()))]
 
 
-@router.delete("/keys/{key_id}", status_code=204, response_class=Response)
+@router.delete("/keys/{key_id}", status_code=204, response_class=Response, operation_id="revoke_key")
 def revoke(key_id: str, session: SessionDep, _admin: AdminDep) -> Response:
     """Revoke a key: it stops working at once."""
     if revoke_key(session, key_id) is None:

@@ -10,40 +10,24 @@ from sqlalchemy import select
 from app.api.deps import SessionDep, TenantDep
 from app.api.pagination import page_of, paginate
 from app.api.problems import ProblemError
-from app.db.models import Job
-from app.schemas import ArtifactRead, BenchmarkRead, JobCreate, JobError, JobRead, JobStatus, Page
+from app.db.models import Artifact, Job
+from app.schemas import ArtifactRead, JobCreate, JobRead, JobStatus, Page
 from app.services.jobs import cancel_job, create_job
+from app.services.views import UrlFor, artifact_view, job_view
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def artifact_read(request: Request, artifact) -> ArtifactRead:  # type: ignore[no-untyped-def]
-    return ArtifactRead(
-        id=artifact.id, job_id=artifact.job_id, kind=artifact.kind, format=artifact.format,
-        filename=artifact.filename, size_bytes=artifact.size_bytes, sha256=artifact.sha256,
-        download_url=str(request.url_for("download_artifact", artifact_id=artifact.id)),
-    )
+def download_url_for(request: Request) -> UrlFor:
+    return lambda artifact_id: str(request.url_for("download_artifact", artifact_id=artifact_id))
+
+
+def artifact_read(request: Request, artifact: Artifact) -> ArtifactRead:
+    return artifact_view(artifact, download_url_for(request))
 
 
 def to_read(request: Request, job: Job) -> JobRead:
-    return JobRead(
-        id=job.id, status=job.status, progress=min(max(job.progress, 0.0), 1.0), stage=job.stage,  # type: ignore[arg-type]
-        model_id=job.model_id, spec=job.spec,
-        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-        attempts=job.attempts, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        artifacts=[artifact_read(request, a) for a in job.artifacts],
-        benchmarks=[
-            BenchmarkRead(
-                id=b.id, job_id=b.job_id, artifact_id=b.artifact_id, device=b.device, size_bytes=b.size_bytes,
-                num_parameters=b.num_parameters, sparsity=b.sparsity, latency_ms_p50=b.latency_ms_p50,
-                latency_ms_p95=b.latency_ms_p95, throughput_per_s=b.throughput_per_s,
-                peak_memory_bytes=b.peak_memory_bytes, metrics=b.metrics,
-            )
-            for b in job.benchmarks
-        ],
-        decisions=(job.result_info or {}).get("decisions", []),
-        warnings=(job.result_info or {}).get("warnings", []),
-    )
+    return job_view(job, download_url_for(request))
 
 
 def get_job_or_404(session: SessionDep, tenant: str, job_id: str) -> Job:
@@ -93,7 +77,7 @@ def read_job(job_id: str, request: Request, session: SessionDep, tenant: TenantD
     return to_read(request, get_job_or_404(session, tenant, job_id))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobRead)
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobRead, operation_id="cancel_job")
 def cancel(job_id: str, request: Request, session: SessionDep, tenant: TenantDep) -> JobRead:
     """Cancel: a queued job never starts; a running one is stopped by its worker and ends `cancelled`."""
     job = cancel_job(session, get_job_or_404(session, tenant, job_id))

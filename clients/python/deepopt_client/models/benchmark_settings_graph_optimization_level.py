@@ -1,0 +1,11 @@
+from enum import StrEnum
+
+
+class BenchmarkSettingsGraphOptimizationLevel(StrEnum):
+    ALL = "all"
+    BASIC = "basic"
+    DISABLED = "disabled"
+    EXTENDED = "extended"
+
+    def __str__(self) -> str:
+        return str(self.value)

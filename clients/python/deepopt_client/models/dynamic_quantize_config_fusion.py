@@ -1,0 +1,11 @@
+from enum import StrEnum
+
+
+class DynamicQuantizeConfigFusion(StrEnum):
+    AUTO = "auto"
+    FULL = "full"
+    NONE = "none"
+    NO_ATTENTION = "no_attention"
+
+    def __str__(self) -> str:
+        return str(self.value)

@@ -1,0 +1,453 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar, cast
+
+from attrs import define as _attrs_define
+
+from ..models.lora_finetune_config_base_quantization_type_0 import LoraFinetuneConfigBaseQuantizationType0
+from ..models.lora_finetune_config_device import LoraFinetuneConfigDevice
+from ..models.lora_finetune_config_head import LoraFinetuneConfigHead
+from ..models.lora_finetune_config_mixed_precision import LoraFinetuneConfigMixedPrecision
+from ..models.lora_finetune_config_task import LoraFinetuneConfigTask
+from ..types import UNSET, Unset
+
+T = TypeVar("T", bound="LoraFinetuneConfig")
+
+
+@_attrs_define
+class LoraFinetuneConfig:
+    """LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685) through Hugging Face PEFT on Linear, Conv and
+    Embedding layers; with `base_quantization`, the frozen base is weight-quantized under the adapters as in
+    QLoRA (Dettmers et al., 2023, https://arxiv.org/abs/2305.14314).
+
+        Attributes:
+            version (int | Unset):  Default: 1.
+            epochs (int | None | Unset): Passes over the training data (default 3).
+            max_steps (int | None | Unset): Stop after this many optimizer steps.
+            lr (float | None | Unset): Peak learning rate of AdamW; default per method.
+            batch_size (int | Unset):  Default: 32.
+            weight_decay (float | Unset):  Default: 0.0.
+            warmup_ratio (float | Unset): Linear warm-up share of the steps, then linear decay. Default: 0.0.
+            gradient_accumulation_steps (int | Unset):  Default: 1.
+            mixed_precision (LoraFinetuneConfigMixedPrecision | Unset): Autocast dtype of forward passes (fp16 uses a
+                gradient scaler). Default: LoraFinetuneConfigMixedPrecision.NO.
+            gradient_checkpointing (bool | Unset): Recompute activations in backward (HF models). Default: False.
+            early_stopping_patience (int | None | Unset): Stop after this many evaluations on the held-out split without a
+                better loss, and keep the best weights; None trains to the end.
+            validation_split (float | Unset): Share of the training rows held out. Default: 0.1.
+            eval_every (int | None | Unset): Optimizer steps between held-out evaluations (default: about 10 per run).
+            max_grad_norm (float | None | Unset): Clip gradients to this global norm. Default: 1.0.
+            max_length (int | Unset): Token limit when tokenizing .jsonl text. Default: 128.
+            seed (int | Unset):  Default: 0.
+            device (LoraFinetuneConfigDevice | Unset): Where to train; auto: cuda when present. Default:
+                LoraFinetuneConfigDevice.AUTO.
+            type_ (Literal['finetune'] | Unset):  Default: 'finetune'.
+            task (LoraFinetuneConfigTask | Unset): auto: regression for float `labels` in .npz, classification otherwise.
+                Default: LoraFinetuneConfigTask.AUTO.
+            num_labels (int | None | Unset): Classes (default: from the data).
+            head (LoraFinetuneConfigHead | Unset): Hugging Face models: `new` puts a fresh classification/regression head on
+                the base; `auto` keeps a head that fits the labels and adds one otherwise. Default: LoraFinetuneConfigHead.AUTO.
+            method (Literal['lora'] | Unset):  Default: 'lora'.
+            r (int | Unset): Rank of the update B·A. Default: 8.
+            alpha (float | Unset): Scaling numerator: the update is alpha / r · B·A. Default: 16.0.
+            dropout (float | Unset): Dropout on the adapter input. Default: 0.0.
+            target_modules (list[str] | None | Unset): Module names (suffix match, as PEFT) or ['all-linear']; default per
+                architecture.
+            base_quantization (LoraFinetuneConfigBaseQuantizationType0 | None | Unset): Freeze a weight-quantized base
+                (symmetric, per channel; int4 in groups of 32).
+            merge (bool | Unset): Fold the trained update into the base weights of the model outputs (dequantize, merge,
+                requantize for a quantized base); false keeps it as separate layers. Default: True.
+    """
+
+    version: int | Unset = 1
+    epochs: int | None | Unset = UNSET
+    max_steps: int | None | Unset = UNSET
+    lr: float | None | Unset = UNSET
+    batch_size: int | Unset = 32
+    weight_decay: float | Unset = 0.0
+    warmup_ratio: float | Unset = 0.0
+    gradient_accumulation_steps: int | Unset = 1
+    mixed_precision: LoraFinetuneConfigMixedPrecision | Unset = LoraFinetuneConfigMixedPrecision.NO
+    gradient_checkpointing: bool | Unset = False
+    early_stopping_patience: int | None | Unset = UNSET
+    validation_split: float | Unset = 0.1
+    eval_every: int | None | Unset = UNSET
+    max_grad_norm: float | None | Unset = 1.0
+    max_length: int | Unset = 128
+    seed: int | Unset = 0
+    device: LoraFinetuneConfigDevice | Unset = LoraFinetuneConfigDevice.AUTO
+    type_: Literal["finetune"] | Unset = "finetune"
+    task: LoraFinetuneConfigTask | Unset = LoraFinetuneConfigTask.AUTO
+    num_labels: int | None | Unset = UNSET
+    head: LoraFinetuneConfigHead | Unset = LoraFinetuneConfigHead.AUTO
+    method: Literal["lora"] | Unset = "lora"
+    r: int | Unset = 8
+    alpha: float | Unset = 16.0
+    dropout: float | Unset = 0.0
+    target_modules: list[str] | None | Unset = UNSET
+    base_quantization: LoraFinetuneConfigBaseQuantizationType0 | None | Unset = UNSET
+    merge: bool | Unset = True
+
+    def to_dict(self) -> dict[str, Any]:
+        version = self.version
+
+        epochs: int | None | Unset
+        if isinstance(self.epochs, Unset):
+            epochs = UNSET
+        else:
+            epochs = self.epochs
+
+        max_steps: int | None | Unset
+        if isinstance(self.max_steps, Unset):
+            max_steps = UNSET
+        else:
+            max_steps = self.max_steps
+
+        lr: float | None | Unset
+        if isinstance(self.lr, Unset):
+            lr = UNSET
+        else:
+            lr = self.lr
+
+        batch_size = self.batch_size
+
+        weight_decay = self.weight_decay
+
+        warmup_ratio = self.warmup_ratio
+
+        gradient_accumulation_steps = self.gradient_accumulation_steps
+
+        mixed_precision: str | Unset = UNSET
+        if not isinstance(self.mixed_precision, Unset):
+            mixed_precision = self.mixed_precision.value
+
+        gradient_checkpointing = self.gradient_checkpointing
+
+        early_stopping_patience: int | None | Unset
+        if isinstance(self.early_stopping_patience, Unset):
+            early_stopping_patience = UNSET
+        else:
+            early_stopping_patience = self.early_stopping_patience
+
+        validation_split = self.validation_split
+
+        eval_every: int | None | Unset
+        if isinstance(self.eval_every, Unset):
+            eval_every = UNSET
+        else:
+            eval_every = self.eval_every
+
+        max_grad_norm: float | None | Unset
+        if isinstance(self.max_grad_norm, Unset):
+            max_grad_norm = UNSET
+        else:
+            max_grad_norm = self.max_grad_norm
+
+        max_length = self.max_length
+
+        seed = self.seed
+
+        device: str | Unset = UNSET
+        if not isinstance(self.device, Unset):
+            device = self.device.value
+
+        type_ = self.type_
+
+        task: str | Unset = UNSET
+        if not isinstance(self.task, Unset):
+            task = self.task.value
+
+        num_labels: int | None | Unset
+        if isinstance(self.num_labels, Unset):
+            num_labels = UNSET
+        else:
+            num_labels = self.num_labels
+
+        head: str | Unset = UNSET
+        if not isinstance(self.head, Unset):
+            head = self.head.value
+
+        method = self.method
+
+        r = self.r
+
+        alpha = self.alpha
+
+        dropout = self.dropout
+
+        target_modules: list[str] | None | Unset
+        if isinstance(self.target_modules, Unset):
+            target_modules = UNSET
+        elif isinstance(self.target_modules, list):
+            target_modules = self.target_modules
+
+        else:
+            target_modules = self.target_modules
+
+        base_quantization: None | str | Unset
+        if isinstance(self.base_quantization, Unset):
+            base_quantization = UNSET
+        elif isinstance(self.base_quantization, LoraFinetuneConfigBaseQuantizationType0):
+            base_quantization = self.base_quantization.value
+        else:
+            base_quantization = self.base_quantization
+
+        merge = self.merge
+
+        field_dict: dict[str, Any] = {}
+
+        field_dict.update({})
+        if version is not UNSET:
+            field_dict["version"] = version
+        if epochs is not UNSET:
+            field_dict["epochs"] = epochs
+        if max_steps is not UNSET:
+            field_dict["max_steps"] = max_steps
+        if lr is not UNSET:
+            field_dict["lr"] = lr
+        if batch_size is not UNSET:
+            field_dict["batch_size"] = batch_size
+        if weight_decay is not UNSET:
+            field_dict["weight_decay"] = weight_decay
+        if warmup_ratio is not UNSET:
+            field_dict["warmup_ratio"] = warmup_ratio
+        if gradient_accumulation_steps is not UNSET:
+            field_dict["gradient_accumulation_steps"] = gradient_accumulation_steps
+        if mixed_precision is not UNSET:
+            field_dict["mixed_precision"] = mixed_precision
+        if gradient_checkpointing is not UNSET:
+            field_dict["gradient_checkpointing"] = gradient_checkpointing
+        if early_stopping_patience is not UNSET:
+            field_dict["early_stopping_patience"] = early_stopping_patience
+        if validation_split is not UNSET:
+            field_dict["validation_split"] = validation_split
+        if eval_every is not UNSET:
+            field_dict["eval_every"] = eval_every
+        if max_grad_norm is not UNSET:
+            field_dict["max_grad_norm"] = max_grad_norm
+        if max_length is not UNSET:
+            field_dict["max_length"] = max_length
+        if seed is not UNSET:
+            field_dict["seed"] = seed
+        if device is not UNSET:
+            field_dict["device"] = device
+        if type_ is not UNSET:
+            field_dict["type"] = type_
+        if task is not UNSET:
+            field_dict["task"] = task
+        if num_labels is not UNSET:
+            field_dict["num_labels"] = num_labels
+        if head is not UNSET:
+            field_dict["head"] = head
+        if method is not UNSET:
+            field_dict["method"] = method
+        if r is not UNSET:
+            field_dict["r"] = r
+        if alpha is not UNSET:
+            field_dict["alpha"] = alpha
+        if dropout is not UNSET:
+            field_dict["dropout"] = dropout
+        if target_modules is not UNSET:
+            field_dict["target_modules"] = target_modules
+        if base_quantization is not UNSET:
+            field_dict["base_quantization"] = base_quantization
+        if merge is not UNSET:
+            field_dict["merge"] = merge
+
+        return field_dict
+
+    @classmethod
+    def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
+        d = dict(src_dict)
+        version = d.pop("version", UNSET)
+
+        def _parse_epochs(data: object) -> int | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(int | None | Unset, data)
+
+        epochs = _parse_epochs(d.pop("epochs", UNSET))
+
+        def _parse_max_steps(data: object) -> int | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(int | None | Unset, data)
+
+        max_steps = _parse_max_steps(d.pop("max_steps", UNSET))
+
+        def _parse_lr(data: object) -> float | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(float | None | Unset, data)
+
+        lr = _parse_lr(d.pop("lr", UNSET))
+
+        batch_size = d.pop("batch_size", UNSET)
+
+        weight_decay = d.pop("weight_decay", UNSET)
+
+        warmup_ratio = d.pop("warmup_ratio", UNSET)
+
+        gradient_accumulation_steps = d.pop("gradient_accumulation_steps", UNSET)
+
+        _mixed_precision = d.pop("mixed_precision", UNSET)
+        mixed_precision: LoraFinetuneConfigMixedPrecision | Unset
+        if isinstance(_mixed_precision, Unset):
+            mixed_precision = UNSET
+        else:
+            mixed_precision = LoraFinetuneConfigMixedPrecision(_mixed_precision)
+
+        gradient_checkpointing = d.pop("gradient_checkpointing", UNSET)
+
+        def _parse_early_stopping_patience(data: object) -> int | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(int | None | Unset, data)
+
+        early_stopping_patience = _parse_early_stopping_patience(d.pop("early_stopping_patience", UNSET))
+
+        validation_split = d.pop("validation_split", UNSET)
+
+        def _parse_eval_every(data: object) -> int | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(int | None | Unset, data)
+
+        eval_every = _parse_eval_every(d.pop("eval_every", UNSET))
+
+        def _parse_max_grad_norm(data: object) -> float | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(float | None | Unset, data)
+
+        max_grad_norm = _parse_max_grad_norm(d.pop("max_grad_norm", UNSET))
+
+        max_length = d.pop("max_length", UNSET)
+
+        seed = d.pop("seed", UNSET)
+
+        _device = d.pop("device", UNSET)
+        device: LoraFinetuneConfigDevice | Unset
+        if isinstance(_device, Unset):
+            device = UNSET
+        else:
+            device = LoraFinetuneConfigDevice(_device)
+
+        type_ = cast(Literal["finetune"] | Unset, d.pop("type", UNSET))
+        if type_ != "finetune" and not isinstance(type_, Unset):
+            raise ValueError(f"type must match const 'finetune', got '{type_}'")
+
+        _task = d.pop("task", UNSET)
+        task: LoraFinetuneConfigTask | Unset
+        if isinstance(_task, Unset):
+            task = UNSET
+        else:
+            task = LoraFinetuneConfigTask(_task)
+
+        def _parse_num_labels(data: object) -> int | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(int | None | Unset, data)
+
+        num_labels = _parse_num_labels(d.pop("num_labels", UNSET))
+
+        _head = d.pop("head", UNSET)
+        head: LoraFinetuneConfigHead | Unset
+        if isinstance(_head, Unset):
+            head = UNSET
+        else:
+            head = LoraFinetuneConfigHead(_head)
+
+        method = cast(Literal["lora"] | Unset, d.pop("method", UNSET))
+        if method != "lora" and not isinstance(method, Unset):
+            raise ValueError(f"method must match const 'lora', got '{method}'")
+
+        r = d.pop("r", UNSET)
+
+        alpha = d.pop("alpha", UNSET)
+
+        dropout = d.pop("dropout", UNSET)
+
+        def _parse_target_modules(data: object) -> list[str] | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            try:
+                if not isinstance(data, list):
+                    raise TypeError()
+                target_modules_type_0 = cast(list[str], data)
+
+                return target_modules_type_0
+            except (TypeError, ValueError, AttributeError, KeyError):
+                pass
+            return cast(list[str] | None | Unset, data)
+
+        target_modules = _parse_target_modules(d.pop("target_modules", UNSET))
+
+        def _parse_base_quantization(data: object) -> LoraFinetuneConfigBaseQuantizationType0 | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            try:
+                if not isinstance(data, str):
+                    raise TypeError()
+                base_quantization_type_0 = LoraFinetuneConfigBaseQuantizationType0(data)
+
+                return base_quantization_type_0
+            except (TypeError, ValueError, AttributeError, KeyError):
+                pass
+            return cast(LoraFinetuneConfigBaseQuantizationType0 | None | Unset, data)
+
+        base_quantization = _parse_base_quantization(d.pop("base_quantization", UNSET))
+
+        merge = d.pop("merge", UNSET)
+
+        lora_finetune_config = cls(
+            version=version,
+            epochs=epochs,
+            max_steps=max_steps,
+            lr=lr,
+            batch_size=batch_size,
+            weight_decay=weight_decay,
+            warmup_ratio=warmup_ratio,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            mixed_precision=mixed_precision,
+            gradient_checkpointing=gradient_checkpointing,
+            early_stopping_patience=early_stopping_patience,
+            validation_split=validation_split,
+            eval_every=eval_every,
+            max_grad_norm=max_grad_norm,
+            max_length=max_length,
+            seed=seed,
+            device=device,
+            type_=type_,
+            task=task,
+            num_labels=num_labels,
+            head=head,
+            method=method,
+            r=r,
+            alpha=alpha,
+            dropout=dropout,
+            target_modules=target_modules,
+            base_quantization=base_quantization,
+            merge=merge,
+        )
+
+        return lora_finetune_config

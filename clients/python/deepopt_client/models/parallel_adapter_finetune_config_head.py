@@ -1,0 +1,10 @@
+from enum import StrEnum
+
+
+class ParallelAdapterFinetuneConfigHead(StrEnum):
+    AUTO = "auto"
+    KEEP = "keep"
+    NEW = "new"
+
+    def __str__(self) -> str:
+        return str(self.value)

@@ -1,0 +1,9 @@
+from enum import StrEnum
+
+
+class WeightOnlyQuantizeConfigWeightDtype(StrEnum):
+    INT4 = "int4"
+    INT8 = "int8"
+
+    def __str__(self) -> str:
+        return str(self.value)

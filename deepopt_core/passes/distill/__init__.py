@@ -1,0 +1,1 @@
+"""The `distill` pass: knowledge distillation into a smaller student."""

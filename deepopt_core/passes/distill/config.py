@@ -1,0 +1,129 @@
+"""Config of the `distill` pass. No heavy imports (the API validates job specs with it)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+from deepopt_core.passes.base import SubmitContext
+from deepopt_core.passes.finetune.config import Problems, TrainingConfig
+
+TORCH_FORMATS = ("torchscript", "torch_export", "hf")
+
+
+class StudentConfig(BaseModel):
+    """The student: another uploaded model (`model_id`), or one derived from the teacher.
+
+    * `keep_every: k` keeps every k-th layer of a transformer encoder (Hugging Face BERT family, or the largest
+      stack of identical blocks of a plain torch encoder), initialised from the teacher's layers as DistilBERT
+      (Sanh et al., 2019, https://arxiv.org/abs/1910.01108); the last layer is always kept.
+    * `width_ratio: w` keeps the fraction w of the hidden and feed-forward units of a BERT-family model, or of the
+      channels and neurons of a CNN/MLP, choosing the most important units (weight norms, as Li et al., 2017,
+      https://arxiv.org/abs/1608.08710) and starting from their weights.
+
+    Both may be combined; `init: random` re-initialises the derived student (training from scratch).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_id: str | None = Field(None, description="An uploaded PyTorch model (same inputs and outputs).")
+    keep_every: int | None = Field(None, ge=2, le=64, description="Keep every k-th encoder layer.")
+    width_ratio: float | None = Field(None, gt=0.0, lt=1.0, description="Keep this fraction of units.")
+    init: Literal["teacher", "random"] = Field("teacher", description="Start a derived student from the "
+                                               "teacher's weights, or from a fresh initialisation.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StudentConfig:
+        derived = self.keep_every is not None or self.width_ratio is not None
+        if self.model_id is not None and derived:
+            raise ValueError("give either model_id or keep_every/width_ratio, not both")
+        if self.model_id is None and not derived:
+            raise ValueError("give model_id, keep_every or width_ratio")
+        return self
+
+
+class TeacherConfig(BaseModel):
+    """Another uploaded model as the teacher (ONNX, run with ONNX Runtime, or PyTorch); default: the job's model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_id: str
+
+
+class DistillConfig(TrainingConfig):
+    """Knowledge distillation (Hinton et al., 2015, https://arxiv.org/abs/1503.02531) into a smaller student.
+
+    The loss is ``(1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + alpha * CE(student,
+    labels)`` for classifier outputs (CE only when the training data has labels, else alpha counts as 0); for
+    other outputs (hidden states, embeddings) an MSE on the first output replaces the KL term. Optional terms:
+    `hidden_loss` weights an MSE between student and teacher hidden states after a learned linear projection
+    (FitNets, Romero et al., 2015, https://arxiv.org/abs/1412.6550; TinyBERT, Jiao et al., 2020,
+    https://arxiv.org/abs/1909.10351), `attention_loss` an MSE between attention maps (TinyBERT; Hugging Face
+    encoders with the same head count). A student that comes in pruned keeps its zeros while it trains (as oBERT,
+    Kurtic et al., 2022, https://arxiv.org/abs/2203.07259, distils a pruned model from the dense one).
+    """
+
+    type: Literal["distill"] = "distill"
+    student: StudentConfig | None = Field(
+        None, description="None: the model as the passes before left it (a pruned model), the original teaching.")
+    teacher: TeacherConfig | None = Field(None, description="None: the uploaded model of the job.")
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature of the soft targets.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the cross-entropy on labels.")
+    hidden_loss: float = Field(0.0, ge=0, le=1000, description="Weight of the hidden-state MSE (0: off).")
+    attention_loss: float = Field(0.0, ge=0, le=1000, description="Weight of the attention-map MSE (0: off).")
+    max_steps: int | None = Field(None, ge=1, le=1_000_000, validation_alias=AliasChoices("steps", "max_steps"),
+                                  description="Optimizer steps (`steps` is accepted too).")
+    augment: list[Literal["noise", "shift", "mixup", "token_mask"]] = Field(
+        default_factory=list, description="Input augmentations of the transfer set: gaussian `noise` (float "
+        "inputs), random one-pixel `shift` (N, C, H, W inputs), `mixup` of input pairs (Zhang et al., 2018), "
+        "`token_mask` (15% of tokens to [MASK]); the teacher labels each augmented batch.")
+    preserve_sparsity: bool = Field(True, description="Keep a pruned student's zeros at zero.")
+
+    def referenced_models(self) -> list[str]:
+        ids = [self.student.model_id if self.student else None, self.teacher.model_id if self.teacher else None]
+        return [i for i in ids if i]
+
+    def check(self, context: SubmitContext) -> Problems:
+        """Submit-time checks: training data, a student smaller than its teacher, models that fit each other."""
+        problems = self._training_problems(context, needs_labels=False)
+        teacher = context.model
+        if self.teacher is not None:
+            found = context.models.get(self.teacher.model_id)
+            if found is None:
+                problems.append((("teacher", "model_id"), "no such model"))
+            else:
+                teacher = found
+        if self.student is not None and self.student.model_id is not None:
+            student = context.models.get(self.student.model_id)
+            if student is None:
+                problems.append((("student", "model_id"), "no such model"))
+            else:
+                problems.extend(_pair_problems(student, teacher))
+        elif self.student is not None and context.model.get("format") == "torchscript":
+            problems.append((("student",), "a TorchScript model cannot be restructured into a student; upload a "
+                             ".pt2 or Hugging Face model, or give student.model_id"))
+        elif self.student is not None and self.student.keep_every and context.model.get("format") == "torch_export":
+            problems.append((("student", "keep_every"), "keep_every needs a Hugging Face encoder; a torch.export "
+                             "program calls its layers by name (use width_ratio or student.model_id)"))
+        if self.attention_loss and teacher.get("format") != "hf":
+            problems.append((("attention_loss",), "attention maps come from Hugging Face teachers only"))
+        if self.teacher is not None and self.student is None and context.model.get("format") not in TORCH_FORMATS:
+            problems.append((("student",), "the job's model is the student here and must be a PyTorch model"))
+        return problems
+
+
+def _pair_problems(student: dict, teacher: dict) -> Problems:
+    problems: Problems = []
+    if student.get("format") not in TORCH_FORMATS:
+        problems.append((("student", "model_id"), "the student must be a PyTorch model (TorchScript, .pt2 or "
+                         "Hugging Face) to be trained"))
+    s_params, t_params = int(student.get("num_parameters") or 0), int(teacher.get("num_parameters") or 0)
+    if s_params and t_params and s_params >= t_params:
+        problems.append((("student", "model_id"), f"the student ({s_params:,} parameters) is not smaller than "
+                         f"the teacher ({t_params:,})"))
+    s_inputs = [t.get("name") for t in student.get("inputs", [])]
+    t_inputs = [t.get("name") for t in teacher.get("inputs", [])]
+    if s_inputs and t_inputs and not set(s_inputs) <= set(t_inputs) | {"token_type_ids"}:
+        problems.append((("student", "model_id"), f"the student's inputs {s_inputs} are not the teacher's {t_inputs}"))
+    return problems

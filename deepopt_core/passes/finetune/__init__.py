@@ -1,0 +1,1 @@
+"""The `finetune` pass: LoRA, bottleneck adapters, prefix tuning and full fine-tuning."""

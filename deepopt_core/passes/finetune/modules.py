@@ -1,0 +1,199 @@
+"""Module surgery that training passes need: trainable eager modules from what the pipeline carries, layer names,
+and task heads on Hugging Face models.
+
+* A ``torch.export`` program's module calls ``aten.linear``/``aten.conv2d`` on weight attributes; :func:`lift`
+  turns those calls into ``nn.Linear``/``nn.Conv2d`` submodules with the same parameters and names (``fc1``), so
+  that PEFT, adapters, hooks and width surgery can work on them. The lifted module computes the same function.
+* A Hugging Face model travels inside :class:`deepopt_core.formats.hf.HFWrapper`; :func:`with_head` replaces the
+  wrapped model by its ``...ForSequenceClassification`` sibling (base weights kept, a new head) when the labels
+  need one, and writes the new config into a copy of the model folder for the ``hf`` output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from deepopt_core.errors import PassFailed
+from deepopt_core.formats.torch_common import is_graph, is_script, unwrap
+
+log = logging.getLogger("deepopt.passes.modules")
+LEAF_KINDS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+
+def is_hf(model: Any) -> bool:
+    return bool(getattr(type(model), "is_hf_wrapper", False))
+
+
+def lift(module: nn.Module) -> nn.Module:
+    """Turn ``aten.linear``/``aten.conv{1,2}d`` calls of a ``torch.export`` GraphModule into Linear/Conv modules.
+
+    Calls whose weight (and bias) are attributes ``<layer>.weight``/``<layer>.bias`` become ``call_module``
+    nodes of an ``nn.Linear``/``nn.Conv*d`` named ``<layer>`` that holds the same parameters; other modules are
+    returned unchanged.
+    """
+    if not is_graph(module):
+        return module
+    gm: Any = module
+    changed = False
+    for node in list(gm.graph.nodes):
+        target = str(node.target)
+        if node.op != "call_function" or target not in ("aten.linear.default", "aten.conv1d.default",
+                                                         "aten.conv2d.default"):
+            continue
+        weight_node = node.args[1]
+        bias_node = node.args[2] if len(node.args) > 2 else None
+        if getattr(weight_node, "op", None) != "get_attr" or not str(weight_node.target).endswith(".weight"):
+            continue
+        layer = str(weight_node.target).removesuffix(".weight")
+        if bias_node is not None and (getattr(bias_node, "op", None) != "get_attr"
+                                      or str(bias_node.target) != f"{layer}.bias"):
+            continue
+        weight = gm.get_parameter(str(weight_node.target))
+        bias = gm.get_parameter(str(bias_node.target)) if bias_node is not None else None
+        if target == "aten.linear.default":
+            new: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        else:
+            stride, padding, dilation, groups = (list(node.args[3:7]) + [1, 0, 1, 1][len(node.args[3:7]):])
+            conv = nn.Conv1d if target == "aten.conv1d.default" else nn.Conv2d
+            if isinstance(padding, str):
+                continue
+            new = conv(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=stride,
+                       padding=padding, dilation=dilation, groups=groups, bias=bias is not None)
+        new.weight = weight
+        if bias is not None:
+            new.bias = bias
+        parent_name, _, child = layer.rpartition(".")
+        parent = gm.get_submodule(parent_name) if parent_name else gm
+        setattr(parent, child, new)
+        with gm.graph.inserting_before(node):
+            call = gm.graph.call_module(layer, (node.args[0],))
+        node.replace_all_uses_with(call)
+        gm.graph.erase_node(node)
+        changed = True
+    if changed:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return gm
+
+
+def trainable_core(model: Any) -> nn.Module:
+    """The module whose parameters train: the Hugging Face model of a wrapper, a lifted GraphModule, or a
+    TorchScript module (parameters only; no modules can be inserted into it)."""
+    core = unwrap(model)
+    return lift(core) if is_graph(core) else core
+
+
+def leaf_names(module: nn.Module, kinds: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)) -> list[str]:
+    """Names of the leaf layers of these kinds (Linear and Conv by default; ``Conv1D`` of GPT-2 counts)."""
+    if is_script(module):
+        return []
+    names = []
+    for name, sub in module.named_modules():
+        if name and (isinstance(sub, kinds) or (nn.Linear in kinds and type(sub).__name__ == "Conv1D")):
+            names.append(name)
+    return names
+
+
+def head_names(module: nn.Module) -> list[str]:
+    """Names of a Hugging Face model's task head (``classifier``, ``score``), trained in full with adapters."""
+    return [n for n in ("classifier", "score", "pre_classifier", "qa_outputs") if hasattr(module, n)]
+
+
+def _copy_folder(source: Path, workdir: Path) -> Path:
+    target = Path(tempfile.mkdtemp(prefix="hf-out-", dir=workdir)) / source.name
+    shutil.copytree(source, target)
+    return target
+
+
+def write_config(model: nn.Module, source: Path | None, workdir: Path) -> Path | None:
+    """A copy of the Hugging Face folder `source` with `model`'s config.json (tokenizer files kept)."""
+    if source is None:
+        return None
+    folder = _copy_folder(source, workdir)
+    config = model.config.to_dict()  # type: ignore[union-attr, operator]
+    config.pop("_attn_implementation_autoset", None)
+    config.pop("_attn_implementation", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    return folder
+
+
+def with_head(model: Any, num_labels: int, regression: bool, mode: str) -> tuple[nn.Module, bool]:
+    """A Hugging Face model with a sequence classification (or regression) head for `num_labels` outputs.
+
+    Args:
+        model: the Hugging Face model (not the wrapper).
+        num_labels: classes (1 for regression).
+        regression: the head is trained with MSE (``problem_type: regression``).
+        mode: ``keep`` the existing head (error if it does not fit), ``new`` always a fresh one, ``auto``: keep a
+            fitting one.
+
+    Returns:
+        (model, whether the config changed).
+
+    Raises:
+        PassFailed: the family has no sequence-classification class, or ``keep`` with a head that does not fit.
+    """
+    import transformers
+
+    config = model.config
+    problem = "regression" if regression else "single_label_classification"
+    has_head = type(model).__name__.endswith("ForSequenceClassification")
+    fits = has_head and int(config.num_labels) == num_labels
+    if mode == "keep" or (mode == "auto" and fits):
+        if not fits:
+            raise PassFailed(f"finetune: head 'keep' but the model has no head for {num_labels} outputs")
+        if getattr(config, "problem_type", None) != problem:
+            config.problem_type = problem
+            return model, True
+        return model, False
+    new_config = config.__class__.from_dict(config.to_dict())
+    new_config.num_labels = num_labels
+    new_config.problem_type = problem
+    new_config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+    new_config.label2id = {v: k for k, v in new_config.id2label.items()}
+    try:
+        head_model = transformers.AutoModelForSequenceClassification.from_config(new_config)
+    except (ValueError, KeyError) as exc:
+        raise PassFailed(f"finetune: {config.model_type} has no sequence classification model: {exc}") from None
+    new_config.architectures = [type(head_model).__name__]
+    source = model.base_model if has_head or hasattr(model, "base_model") else model  # type: ignore[union-attr]
+    result = head_model.base_model.load_state_dict(source.state_dict(), strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
+    if missing:
+        log.info("new head: base weights not in the source: %s", missing[:5])
+    head_model.config.architectures = [type(head_model).__name__]
+    return head_model.train(model.training), True
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def rewrap(wrapper: Any, hf_model: nn.Module) -> Any:
+    """The same kind of wrapper around another Hugging Face model (inputs positionally, tuple outputs)."""
+    new = type(wrapper)(hf_model)
+    return set_mode(new, False)
+
+
+def check_trainable(model: Any) -> None:
+    """Refuse quantized modules (packed int8 weights have no gradients): train before quantize."""
+    for _, sub in unwrap(model).named_modules():
+        if hasattr(sub, "_packed_params"):
+            raise PassFailed("the model is already quantized; put training passes before quantize")
+
+
+def set_mode(module: nn.Module, training: bool) -> nn.Module:
+    """``module.train(training)``; a torch.export program keeps the mode it was exported in (its batch norms and
+    dropouts are fixed in the graph, and ``train()``/``eval()`` raise)."""
+    with contextlib.suppress(NotImplementedError):
+        module.train(training)
+    return module
