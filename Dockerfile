@@ -22,7 +22,9 @@ COPY app app
 COPY worker worker
 COPY deepopt_core deepopt_core
 COPY migrations migrations
-RUN pip install . && python -c "import app.main, worker.tasks, deepopt_client"
+# onnx2torch without its torchvision requirement (see ONNX2TORCH_VERSION in the Makefile)
+RUN pip install . && pip install --no-deps "onnx2torch==1.5.15" \
+    && python -c "import app.main, worker.tasks, deepopt_client; from deepopt_core.formats import onnx_torch; onnx_torch.load_converter()"
 
 FROM python:${PYTHON_VERSION}-slim
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin deepopt \

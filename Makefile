@@ -5,8 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deepopt-installed
 TORCH_VERSION := 2.13.0
+# ONNX -> torch for the prune methods that need gradients (deepopt_core/formats/onnx_torch.py). Installed without
+# its dependencies: it requires torchvision (for two detection ops only), and PyPI's torchvision wheels are CUDA
+# builds that do not import next to the CPU torch; the module stands in for torchvision while importing it.
+ONNX2TORCH_VERSION := 1.5.15
 
-.PHONY: install run api worker test lint typecheck migrate openapi bench bench-quant bench-train clean
+.PHONY: install run api worker test lint typecheck migrate openapi bench bench-quant bench-train bench-auto bench-prune bench-load clean
 
 install: $(STAMP)
 
@@ -16,7 +20,8 @@ $(STAMP): pyproject.toml clients/python/setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' -e clients/python
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' -e clients/python torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps onnx2torch==$(ONNX2TORCH_VERSION)
 	@touch $@
 
 migrate: install
@@ -53,6 +58,23 @@ bench-quant: install
 # cores): writes benchmarks/results/training.{md,json}. ARGS="--only digits cancer" runs a part.
 bench-train: install
 	nice -n 10 $(PY) -m benchmarks.training $(ARGS)
+
+# The auto benchmark (auto against a grid of hand recipes, 1% bound, on the digits CNN and MiniLM; about ten
+# minutes on 2 busy cores): writes benchmarks/results/auto.{md,json}. ARGS=--skip-minilm runs the digits part.
+bench-auto: install
+	nice -n 10 $(PY) -m benchmarks.auto $(ARGS)
+
+# The pruning benchmark (magnitude, OBS, N:M and structured pruning against torch.nn.utils.prune's global L1 on
+# the digits MLP/CNN and MiniLM; writes benchmarks/results/pruning.{md,json}). ARGS=--quick for a shorter run,
+# ARGS=--skip-minilm for the digits part.
+bench-prune: install
+	nice -n 10 $(PY) -m benchmarks.pruning $(ARGS)
+
+# The API load benchmark (32 concurrent clients on loopback, embedded and PostgreSQL + Redis with 2 API processes,
+# against a bare FastAPI ceiling; then a 2 GB upload with the API's RSS; about 4 minutes): writes
+# benchmarks/results/load.{md,json}. ARGS="--only embedded --upload-gb 0" for a short run.
+bench-load: install
+	nice -n 10 $(PY) -m benchmarks.load $(ARGS)
 
 clean:
 	rm -rf .deepopt .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from app.api.metrics import metrics_middleware
+from app.api.metrics import MetricsMiddleware
 from app.api.problems import Problem, install_problem_handlers
 from app.api.routes import admin, artifacts, datasets, events, health, jobs, models, reports, webhooks
 from app.core.config import get_settings
@@ -68,7 +68,7 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
-    app.middleware("http")(metrics_middleware)
+    app.add_middleware(MetricsMiddleware)
     install_problem_handlers(app)
     for module in (models, datasets, jobs, events, webhooks, artifacts, reports, admin, health):
         app.include_router(module.router)

@@ -47,6 +47,7 @@ from benchmarks import common
 from benchmarks import common_pruning as cp
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MINILM_PARTS = ("unstructured", "obs-steps", "obs-distill", "2:4", "storage", "structured")
 
 
 @dataclass
@@ -123,29 +124,30 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
     levels = (0.5, 0.7, 0.9)
 
     # ---- MLP
-    x_train, y_train, x_test, y_test = digits_split(0)
-    mlp, train_s = _timed(lambda: train_mlp(x_train, y_train))
-    common.log(f"digits MLP trained in {train_s:.1f}s")
-    calib = recovery.make_batches({"input": x_train}, 64, limit=1024)
-    train = recovery.make_batches({"input": x_train}, 64, labels=y_train, shuffle=True)
+    if not args.skip_mlp:
+        x_train, y_train, x_test, y_test = digits_split(0)
+        mlp, train_s = _timed(lambda: train_mlp(x_train, y_train))
+        common.log(f"digits MLP trained in {train_s:.1f}s")
+        calib = recovery.make_batches({"input": x_train}, 64, limit=1024)
+        train = recovery.make_batches({"input": x_train}, 64, labels=y_train, shuffle=True)
 
-    def mlp_acc(m: Any) -> float:
-        return cp.torch_accuracy(m, x_test, y_test)
+        def mlp_acc(m: Any) -> float:
+            return cp.torch_accuracy(m, x_test, y_test)
 
-    rows.append(Row("digits MLP", "dense", "dense", "reference", quality=mlp_acc(mlp), quality_name="accuracy",
-                    params=sp.count_parameters(mlp)))
-    rows += _unstructured(
-        "digits MLP", mlp, mlp_acc, "accuracy", levels,
-        lambda m, s, f, scope: obs.obs_prune(m, s, data=calib, block_size=64, num_gradients=1024, fishers=f,
-                                             scope=scope),
-        lambda m: obs.compute_inverse_fishers(m, sp.select_layers(m), calib, block_size=64, num_gradients=1024,
-                                              dampening=1e-2))
-    for method in ("magnitude", "obs"):
-        m = copy.deepcopy(mlp)
-        report, secs = _timed(lambda m=m, method=method: nm.nm_prune(
-            m, 2, 4, method=method, data=calib, block_size=64, num_gradients=1024, update="sequential"))
-        rows.append(Row("digits MLP", "2:4", method, "one-shot", 0.5, mlp_acc(m), "accuracy", secs,
-                        extra={"verified": nm.verify_nm(m, 2, 4).ok}))
+        rows.append(Row("digits MLP", "dense", "dense", "reference", quality=mlp_acc(mlp), quality_name="accuracy",
+                        params=sp.count_parameters(mlp)))
+        rows += _unstructured(
+            "digits MLP", mlp, mlp_acc, "accuracy", levels,
+            lambda m, s, f, scope: obs.obs_prune(m, s, data=calib, block_size=64, num_gradients=1024, fishers=f,
+                                                 scope=scope),
+            lambda m: obs.compute_inverse_fishers(m, sp.select_layers(m), calib, block_size=64, num_gradients=1024,
+                                                  dampening=1e-2))
+        for method in ("magnitude", "obs"):
+            m = copy.deepcopy(mlp)
+            report, secs = _timed(lambda m=m, method=method: nm.nm_prune(
+                m, 2, 4, method=method, data=calib, block_size=64, num_gradients=1024, update="sequential"))
+            rows.append(Row("digits MLP", "2:4", method, "one-shot", 0.5, mlp_acc(m), "accuracy", secs,
+                            extra={"verified": nm.verify_nm(m, 2, 4).ok}))
 
     # ---- CNN
     x_train, y_train, x_test, y_test = common.digits_data(0)
@@ -193,6 +195,7 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
                 onnx_path = work / "cnn_obs90.onnx"
                 common.export_digits(m, onnx_path)
                 rows.append(_storage_row("digits CNN", onnx_path, "obs gradual 90%"))
+                rows.append(_int8_storage_row("digits CNN", onnx_path, "obs gradual 90% + dynamic int8"))
         except Exception as exc:  # noqa: BLE001 (a failing method is a result too)
             rows.append(_error_row("digits CNN", "90% + fine-tuning", method, variant, exc))
 
@@ -245,13 +248,15 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
 
 def _unstructured(model_name: str, model: Any, quality: Callable[[Any], float], quality_name: str,
                   levels: tuple[float, ...], obs_fn: Callable[[Any, float, Any, str], Any],
-                  fisher_fn: Callable[[Any], Any]) -> list[Row]:
-    """Stock L1 vs our magnitude vs our OBS at each sparsity, no fine-tuning; one inverse Fisher for all levels."""
+                  fisher_fn: Callable[[Any], Any] | None) -> list[Row]:
+    """Stock L1 vs our magnitude vs our OBS at each sparsity, no fine-tuning; one inverse Fisher for all levels
+    (no OBS rows when `fisher_fn` is None)."""
     from deepopt_core.passes.prune import gradual
 
     rows = []
-    fishers, fisher_s = _timed(lambda: fisher_fn(model))
-    common.log(f"{model_name}: inverse Fishers in {fisher_s:.1f}s")
+    fishers, fisher_s = _timed(lambda: fisher_fn(model)) if fisher_fn is not None else (None, 0.0)
+    if fisher_fn is not None:
+        common.log(f"{model_name}: inverse Fishers in {fisher_s:.1f}s")
     for level in levels:
         common.log(f"{model_name} unstructured {level:.0%}")
         variants: list[tuple[str, str, Callable[[Any], Any], float]] = [
@@ -260,7 +265,7 @@ def _unstructured(model_name: str, model: Any, quality: Callable[[Any], float], 
             ("magnitude", "layer", lambda m, s=level: gradual.gradual_magnitude_prune(m, s, scope="layer"), 0.0),
             ("obs", "one-shot, layer", lambda m, s=level: obs_fn(m, s, fishers, "layer"), fisher_s),
             ("obs", "one-shot, global", lambda m, s=level: obs_fn(m, s, fishers, "global"), fisher_s),
-        ]
+        ][: 5 if fisher_fn is not None else 3]
         for method, variant, fn, extra_s in variants:
             m = copy.deepcopy(model)
             try:
@@ -290,6 +295,30 @@ def _storage_row(model_name: str, path: Path, variant: str) -> Row:
                       "sparse_tensors": len(report.sparse_initializers)})
 
 
+def _int8_storage_row(model_name: str, path: Path, variant: str) -> Row:
+    """The pruned fp32 model after ONNX Runtime's dynamic int8 quantization, zipped, against the dense fp32 file
+    (the "pruned + int8 compressed download" figure)."""
+    import io
+    import zipfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from deepopt_core.passes.prune import sparsity as sp
+
+    out = path.with_name(path.stem + "_int8.onnx")
+    _, secs = _timed(lambda: quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        zf.writestr("model.onnx", out.read_bytes())
+    dense = path.stat().st_size
+    measured = sp.onnx_measured_sparsity(onnx.load(str(out)))
+    return Row(model_name, "storage", "int8 + zip", variant, round(measured.sparsity, 4), prune_s=secs,
+               extra={"dense_mb": round(dense / 1e6, 3), "int8_mb": round(out.stat().st_size / 1e6, 3),
+                      "zip_mb": round(len(buffer.getvalue()) / 1e6, 3),
+                      "ratio_zip": round(len(buffer.getvalue()) / dense, 4)})
+
+
 def _time_rows(rows: list[Row], feed1: dict[str, np.ndarray], feed8: dict[str, np.ndarray],
                args: argparse.Namespace, rounds: int) -> None:
     sessions = {}
@@ -314,10 +343,9 @@ def _time_rows(rows: list[Row], feed1: dict[str, np.ndarray], feed8: dict[str, n
 
 
 def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
-    import onnx
     import torch
 
-    from deepopt_core.passes.prune import nm, obs, recovery, structured
+    from deepopt_core.passes.prune import nm, obs, recovery
     from deepopt_core.passes.prune import sparsity as sp
 
     torch.set_num_threads(args.threads)
@@ -347,14 +375,23 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
             output_fn=pooled, method="direct")
         return fishers_holder["f"]
 
-    rows += _unstructured("MiniLM", model, fidelity, "fidelity", (0.5, 0.7, 0.9),
-                          lambda m, s, f, scope: obs.obs_prune(m, s, data=calib_b, fishers=f, scope=scope,
-                                                               **obs_kwargs), fisher_fn)
-    fishers = fishers_holder["f"]
-    fisher_s = next(r.extra["fisher_s"] for r in rows if r.model == "MiniLM" and r.method == "obs")
+    light = args.light_minilm
+    parts = set(args.minilm_parts)
+    fisher_s = 0.0
+    if "unstructured" in parts:
+        rows += _unstructured("MiniLM", model, fidelity, "fidelity", tuple(args.levels),
+                              lambda m, s, f, scope: obs.obs_prune(m, s, data=calib_b, fishers=f, scope=scope,
+                                                                   **obs_kwargs), None if light else fisher_fn)
+        if not light:
+            fisher_s = next(r.extra["fisher_s"] for r in rows if r.model == "MiniLM" and r.method == "obs")
+        for r in rows:
+            if r.model == "MiniLM" and r.method == "obs":
+                r.extra.update({"num_gradients": args.gradients, "block_size": block, "update": args.minilm_update,
+                                "calib_sentences": len(sets["calib"])})
+    fishers = fishers_holder.get("f")
 
     # OBS 50% in several one-shot steps (inverse Fisher recomputed on the cubic schedule, no fine-tuning)
-    if args.obs_steps > 1:
+    if args.obs_steps > 1 and not light and "obs-steps" in parts:
         m = copy.deepcopy(model)
         try:
             report, secs = _timed(lambda: obs.gradual_obs_prune(
@@ -367,7 +404,10 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
 
     # OBS 50% + short distillation
     m = copy.deepcopy(model)
+    obs50 = None
     try:
+        if light or "obs-distill" not in parts:
+            raise RuntimeError("skipped (--light-minilm)" if light else "skipped (--minilm-parts)")
         spec = {"epochs": args.distill_epochs, "lr": 1e-4, "distill_loss": "cosine", "hidden_weight": 1.0,
                 "train_mode": False}
         report, secs = _timed(lambda: obs.obs_prune(m, 0.5, data=calib_b, fishers=fishers, fine_tune=spec,
@@ -377,11 +417,12 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
                         extra={"recovery": report.details["recovery"]}))
         obs50 = m
     except Exception as exc:  # noqa: BLE001
-        rows.append(_error_row("MiniLM", "unstructured", "obs", "one-shot + distillation", exc))
+        if not light and "obs-distill" in parts:
+            rows.append(_error_row("MiniLM", "unstructured", "obs", "one-shot + distillation", exc))
         obs50 = None
 
     # 2:4
-    for method in ("magnitude", "obs"):
+    for method in ("magnitude", "obs") if "2:4" in parts else ():
         m = copy.deepcopy(model)
         try:
             report, secs = _timed(lambda m=m, method=method: nm.nm_prune(
@@ -397,9 +438,27 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
     fishers_holder.clear()
 
     # ONNX: dense export, 2:4 on the MatMul initializers (numpy), storage of OBS-pruned exports
+    if not parts & {"storage", "structured"}:
+        return rows
     dense_path = common.export_bert(model, work / "minilm.onnx")
     test_feeds = common.sentence_feeds(tok, sets["test"], batch_size=32)
     ort_reference = common.embeddings(common.make_session(dense_path, args.threads), test_feeds)
+    if "storage" in parts:
+        rows += _minilm_storage(work, model, dense_path, test_feeds, ort_reference, obs50)
+    if "structured" in parts:
+        rows += _minilm_structured(work, args, model, tok, sets, calib_b, train_b, dense_path, test_feeds,
+                                   ort_reference, fidelity)
+    return rows
+
+
+def _minilm_storage(work: Path, model: Any, dense_path: Path, test_feeds: Any, ort_reference: np.ndarray,
+                    obs50: Any) -> list[Row]:
+    """2:4 on the ONNX MatMul initializers, and the storage of pruned exports."""
+    import onnx
+
+    from deepopt_core.passes.prune import nm
+
+    rows: list[Row] = []
     nm_model, secs = _timed(lambda: nm.nm_prune_onnx(onnx.load(str(dense_path)), 2, 4))
     pruned_onnx, check = nm_model
     nm_path = work / "minilm_24_onnx.onnx"
@@ -418,13 +477,25 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
         _stock_global_l1(m, level)
         path = common.export_bert(m, work / f"minilm_l1_{int(level * 100)}.onnx")
         rows.append(_storage_row("MiniLM", path, f"L1 {level:.0%}"))
+        if level == 0.9:
+            rows.append(_int8_storage_row("MiniLM", path, "L1 90% + dynamic int8"))
+    return rows
 
-    # structured: heads + FFN neurons
+
+def _minilm_structured(work: Path, args: argparse.Namespace, model: Any, tok: Any, sets: dict[str, list[str]],
+                       calib_b: Any, train_b: Any, dense_path: Path, test_feeds: Any, ort_reference: np.ndarray,
+                       fidelity: Callable[[Any], float]) -> list[Row]:
+    """Heads + FFN neurons: Fisher importance, least-squares reconstruction, distillation; magnitude alone."""
+    from deepopt_core.passes.prune import recovery, structured
+    from deepopt_core.passes.prune import sparsity as sp
+
+    light = args.light_minilm
+    pooled = recovery.mean_pooled_output
     struct_rows = [Row("MiniLM", "structured", "dense", "reference", 0.0, 1.0, "fidelity",
                        params=sp.count_parameters(model), extra={"path": str(dense_path)})]
     plan = {"heads": args.head_sparsity, "ffn": args.ffn_sparsity}
-    spec = {"epochs": args.struct_distill_epochs, "lr": 3e-4, "distill_loss": "cosine", "hidden_weight": 1.0,
-            "train_mode": False}
+    spec = {"epochs": args.struct_distill_epochs, "lr": args.struct_lr, "distill_loss": "cosine",
+            "hidden_weight": 1.0, "train_mode": False}
     desc = f"heads -{plan['heads']:.0%}, ffn -{plan['ffn']:.0%}, {args.struct_scope}"
 
     def add_struct(m: Any, importance: str, variant: str, secs: float, params: int, extra: dict[str, Any]) -> None:
@@ -437,6 +508,8 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
                                extra={"path": str(path), "torch_fidelity": round(fidelity(m), 4), **extra}))
 
     try:
+        if light:
+            raise RuntimeError("skipped (--light-minilm)")
         groups = structured.find_unit_groups(copy.deepcopy(model))
         scores, score_s = _timed(lambda: structured.unit_importance(model, groups, "fisher", data=calib_b,
                                                                      output_fn=pooled))
@@ -449,9 +522,11 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
         recovered, distill_s = _timed(lambda: recovery.recover(m, train_b, recovery.FineTune(**spec),
                                                                teacher=recovery.snapshot(model), output_fn=pooled))
         add_struct(m, "fisher", f"reconstruction + distillation {args.struct_distill_epochs} ep",
-                   secs + score_s + distill_s, report.params_after, {"recovery": recovered})
+                   secs + score_s + distill_s, report.params_after,
+                   {"recovery": recovered, "train_sentences": len(sets["train"]), "lr": args.struct_lr})
     except Exception as exc:  # noqa: BLE001
-        struct_rows.append(_error_row("MiniLM", "structured", "fisher", desc, exc))
+        if not light:
+            struct_rows.append(_error_row("MiniLM", "structured", "fisher", desc, exc))
     m = copy.deepcopy(model)
     report, secs = _timed(lambda: structured.structured_prune(m, plan, importance="magnitude", scope="layer",
                                                               round_to=args.round_to))
@@ -459,8 +534,7 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
                secs, report.params_after, {})
     _time_rows(struct_rows, common.fixed_batch(tok, sets["test"], 1), common.fixed_batch(tok, sets["test"], 8), args,
                rounds=args.rounds)
-    rows += struct_rows
-    return rows
+    return struct_rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -532,6 +606,11 @@ def _targets(rows: list[Row]) -> list[dict[str, Any]]:
         check("MiniLM structured speedup b8 (8x128)", r.speedup_b8, (r.speedup_b8 or 0) >= 1.5, ">= 1.5x")
         check("MiniLM structured fidelity after recovery", round(r.quality or 0, 4), (r.quality or 0) >= 0.95,
               ">= 0.95")
+    for r in rows:
+        if r.section == "storage" and r.method == "int8 + zip" and r.error is None:
+            ratio = r.extra.get("ratio_zip") or 1.0
+            check(f"{r.model} {r.variant}: zip download vs fp32, x smaller", round(1 / ratio, 2), 1 / ratio >= 8,
+                  ">= 8x")
     for method in ("magnitude", "obs"):
         r = _get(rows, "MiniLM", "2:4", method)
         if r:
@@ -575,6 +654,11 @@ def write_reports(rows: list[Row], targets: list[dict[str, Any]], meta: dict[str
                       "|---|---|---:|---:|---:|---:|---:|"]
             for r in sel:
                 e = r.extra
+                if r.method == "int8 + zip":
+                    lines.append(f"| {r.model} | {r.variant} | {_fmt(r.sparsity, 3)} | {e.get('dense_mb')} | int8 "
+                                 f"{e.get('int8_mb')} | {e.get('zip_mb')} ({e.get('ratio_zip')}x) | "
+                                 f"{_fmt(r.prune_s, 2)} |")
+                    continue
                 lines.append(f"| {r.model} | {r.variant} | {_fmt(r.sparsity, 3)} | {e.get('dense_mb')} | "
                              f"{e.get('sparse_initializers_mb')} ({e.get('ratio_sparse')}x) | {e.get('zip_mb')} "
                              f"({e.get('ratio_zip')}x) | {_fmt(r.prune_s, 2)} |")
@@ -617,6 +701,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--struct-scope", default="global", choices=["global", "layer"])
     parser.add_argument("--round-to", type=int, default=1)
     parser.add_argument("--struct-distill-epochs", type=int, default=3, help="MiniLM structured distillation")
+    parser.add_argument("--struct-lr", type=float, default=3e-4, help="MiniLM structured distillation lr")
+    parser.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.7, 0.9],
+                        help="MiniLM unstructured sparsities (no fine-tuning)")
+    parser.add_argument("--minilm-parts", nargs="+", default=list(MINILM_PARTS), choices=MINILM_PARTS,
+                        help="MiniLM sections to run (default: all)")
     parser.add_argument("--cnn-epochs", type=int, default=10)
     parser.add_argument("--cnn-unit-sparsity", type=float, default=0.5)
     parser.add_argument("--ft-steps", type=int, default=4, help="gradual steps (digits CNN 90%%)")
@@ -625,7 +714,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100 sentences, shorter recovery")
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--skip-mlp", action="store_true", help="digits: the CNN only")
+    parser.add_argument("--light-minilm", action="store_true",
+                        help="MiniLM without the inverse Fisher (no OBS rows, magnitude-only structured pruning)")
+    parser.add_argument("--merge", type=Path, nargs="+", help="combine the rows of earlier runs' pruning.json")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     if args.quick:
         args.sentences, args.train, args.rounds = 100, 512, 8
         args.distill_epochs, args.struct_distill_epochs, args.obs_steps = 1, 1, 1
@@ -650,12 +745,44 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         if not args.skip_digits:
             rows += bench_digits(work, args)
+            write_reports(rows, _targets(rows), {**meta, "partial": True}, args.out)
         if not args.skip_minilm:
             rows += bench_minilm(work, args)
     meta["total_s"] = round(time.perf_counter() - started, 1)
     targets = _targets(rows)
     write_reports(rows, targets, meta, args.out)
     common.log(f"wrote {args.out / 'pruning.md'} in {meta['total_s']} s")
+    for t in targets:
+        common.log(f"  {'ok ' if t['met'] else 'NO '} {t['target']}: {t['value']} (goal {t['goal']})")
+    return 0
+
+
+def merge(paths: list[Path], out_dir: Path) -> int:
+    """Write one report from the rows of several runs (e.g. the digits and the MiniLM parts run side by side).
+
+    A later run's row replaces an earlier row of the same model, section, method, variant and sparsity; a later
+    run with a structured section replaces that model's whole structured section (its speedups are against the
+    dense row timed in the same run).
+    """
+    rows: list[Row] = []
+    metas = []
+    for path in paths:
+        payload = json.loads(Path(path).read_text())
+        metas.append(payload["meta"])
+        new = [Row(**r) for r in payload["rows"] if "skipped (" not in (r.get("error") or "")]
+        timed = {r.model for r in new if r.section == "structured"}
+        rows = [r for r in rows if not (r.section == "structured" and r.model in timed)]
+        index = {(r.model, r.section, r.method, r.variant, r.sparsity): i for i, r in enumerate(rows)}
+        for r in new:
+            at = index.get((r.model, r.section, r.method, r.variant, r.sparsity))
+            if at is None:
+                rows.append(r)
+            else:
+                rows[at] = r
+    meta = {**metas[0], "merged_from": [str(p) for p in paths], "total_s": sum(m.get("total_s", 0) for m in metas),
+            "quick": any(m.get("quick") for m in metas), "runs": [m.get("args") for m in metas]}
+    targets = _targets(rows)
+    write_reports(rows, targets, meta, out_dir)
     for t in targets:
         common.log(f"  {'ok ' if t['met'] else 'NO '} {t['target']}: {t['value']} (goal {t['goal']})")
     return 0

@@ -72,11 +72,21 @@ def _context(work: Path, model_path: Path, train: Path, eval_path: Path | None) 
     return handle.model, ctx
 
 
-def _run_distill(spec: dict[str, Any], work: Path, teacher: Path, train: Path, x: np.ndarray) -> tuple[Any, Any]:
+def _run_distill(spec: dict[str, Any], work: Path, teacher: Path, train: Path, x: np.ndarray,
+                 report_every: int = 0) -> tuple[Any, Any]:
     from deepopt_core.passes.distill.config import DistillConfig
     from deepopt_core.passes.distill.impl import apply_torch
 
     model, ctx = _context(work, teacher, train, None)
+    if report_every:
+        logged = {"step": 0}
+
+        def on_metrics(_fraction: float, metrics: dict[str, Any]) -> None:
+            if metrics["step"] >= logged["step"] + report_every or metrics["step"] == metrics["steps"]:
+                logged["step"] = metrics["step"]
+                log(f"distill step {metrics['step']}/{metrics['steps']} loss {metrics['loss']:.4f}")
+
+        ctx.on_metrics = on_metrics
     student = apply_torch(DistillConfig.model_validate({"type": "distill", **spec}), model, ctx)
     return student, ctx.decisions
 
@@ -145,22 +155,36 @@ def interleaved_p50(sessions: dict[str, Any], feed: dict[str, np.ndarray], round
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_minilm_distill(work: Path, epochs: int) -> dict[str, Any]:
-    """all-MiniLM-L6-v2 -> every second layer; fidelity on held-out sentences and ONNX Runtime latency."""
+def bench_minilm_distill(work: Path, epochs: int, extra: int = 0, hidden_loss: float = 1.0,
+                         lr: float = 5e-4, steps: int | None = None) -> dict[str, Any]:
+    """all-MiniLM-L6-v2 -> every second layer; fidelity on held-out sentences and ONNX Runtime latency.
+
+    Transfer set: 1,200 general sentences and 600 topic sentences, plus `extra` sentences from docstrings of other
+    installed packages (:func:`benchmarks.common_pruning.train_sentences`); none of them is a held-out sentence.
+    """
     import torch
 
+    from benchmarks.common_pruning import train_sentences
     from deepopt_core.passes.distill.students import derive
 
     torch.set_num_threads(2)
     zip_path = td.minilm_zip(work / "minilm.zip")
     sentences = load_sentences(1600, seed=1)
     topic, _ = td.topic_sentences()
-    train_texts, held = sentences[:1200] + topic[:600], sentences[1200:]
+    held = sentences[1200:]
+    held_keys = {s.lower() for s in held}
+    # The topic sentences come from the same docstrings as the general ones: drop those that are held out.
+    base = [s for s in sentences[:1200] + topic[:600] if s.lower() not in held_keys]
+    train_texts = base + (train_sentences(extra, exclude=held + base) if extra else [])
+    assert not held_keys & {s.lower() for s in train_texts}
     train = td.write_jsonl(work / "minilm-transfer.jsonl", train_texts)
-    spec = {"student": {"keep_every": 2}, "hidden_loss": 1.0, "epochs": epochs, "batch_size": 32, "lr": 5e-4,
-            "warmup_ratio": 0.05, "max_length": 64, "validation_split": 0.05}
+    spec = {"student": {"keep_every": 2}, "hidden_loss": hidden_loss, "epochs": epochs, "batch_size": 32,
+            "lr": lr, "warmup_ratio": 0.05, "max_length": 64, "validation_split": 0.05,
+            **({"max_steps": steps} if steps else {})}
+    log(f"minilm: {len(train_texts)} transfer sentences ({len(base)} general/topic + {len(train_texts) - len(base)} "
+        f"package docstrings), {len(held)} held out; {spec}")
     started = time.monotonic()
-    student, decisions = _run_distill(spec, work / "minilm", zip_path, train, np.zeros(1))
+    student, decisions = _run_distill(spec, work / "minilm", zip_path, train, np.zeros(1), report_every=25)
     seconds = time.monotonic() - started
     model, _ctx = _context(work / "minilm-base", zip_path, train, None)
     teacher_core = model.hf_model
@@ -187,7 +211,8 @@ def bench_minilm_distill(work: Path, epochs: int) -> dict[str, Any]:
     base = rows[0]["p50_ms"]
     for row in rows:
         row["speedup"] = {k: round(base[k] / v, 3) for k, v in row["p50_ms"].items()}
-    return {"rows": rows, "train_sentences": len(train_texts), "held_out_sentences": len(held),
+    return {"rows": rows, "train_sentences": len(train_texts), "extra_train_sentences": len(train_texts) - len(base),
+            "held_out_sentences": len(held), "held_out_in_train": 0, "settings": spec,
             "distill_seconds": round(seconds, 1), "decisions": {k: decisions[k] for k in (
                 "kept_layers", "teacher_parameters", "student_parameters", "steps", "final_loss", "hidden_pairs")}}
 
@@ -277,7 +302,9 @@ def interleaved_steps(model_path: Path, train: Path, methods: dict[str, dict[str
     return {k: round(statistics.median(v), 1) for k, v in times.items()}
 
 
-def bench_finetune(work: Path, epochs: int) -> dict[str, Any]:
+def bench_finetune(work: Path, epochs: int, methods: list[str] | None = None) -> dict[str, Any]:
+    """Every method of FINETUNE_METHODS (or those named in `methods`), each in its own process; then one step of
+    every method timed interleaved."""
     texts, labels = td.topic_sentences()
     cut = int(0.67 * len(texts))
     train = td.write_jsonl(work / "topics-train.jsonl", texts[:cut], labels[:cut])
@@ -287,6 +314,8 @@ def bench_finetune(work: Path, epochs: int) -> dict[str, Any]:
         td.minilm_zip(model)
     rows = []
     for label, method in FINETUNE_METHODS.items():
+        if methods and label not in methods:
+            continue
         spec = {"epochs": epochs, "batch_size": 16, "max_length": 48, "validation_split": 0.1, **method}
         config = {"work": str(work / f"ft-{len(rows)}"), "model": str(model), "train": str(train), "eval": str(test),
                   "spec": spec}
@@ -317,6 +346,8 @@ def bench_finetune(work: Path, epochs: int) -> dict[str, Any]:
 DIGITS_VARIANTS: dict[str, dict[str, Any]] = {
     "scratch, same loop as KD (CE only)": {"student": {"width_ratio": 0.47, "init": "random"}, "alpha": 1.0},
     "KD T=4, random init": {"student": {"width_ratio": 0.47, "init": "random"}, "temperature": 4.0},
+    # Teacher-initialised without soft targets (structured pruning + fine-tuning): what the initialisation alone gives.
+    "teacher init, CE only (no KD)": {"student": {"width_ratio": 0.47}, "alpha": 1.0},
     "KD T=4, teacher init": {"student": {"width_ratio": 0.47}, "temperature": 4.0},
     "KD T=4, random init + hidden loss": {"student": {"width_ratio": 0.47, "init": "random"}, "temperature": 4.0,
                                           "hidden_loss": 1.0},
@@ -349,6 +380,11 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         add("digits student accuracy (best variant, mean of 5 seeds)",
             f"{best['accuracy']['mean']:.4f} ({best['variant']}) vs teacher {digits['teacher_accuracy']:.4f}",
             best["accuracy"]["mean"] >= digits["teacher_accuracy"] - 0.015, ">= teacher - 0.015")
+        gain = best["gain_over_scratch"]
+        add("digits best student's gain over scratch (plain loop), 5 seeds",
+            f"{100 * gain['mean']:+.2f} ± {100 * gain['std']:.2f} points, up on {best['gain_positive_seeds']}/"
+            f"{best['seeds']} seeds", gain["mean"] > 0 and best["gain_positive_seeds"] == best["seeds"],
+            "> 0 on every seed")
     minilm = result.get("minilm")
     if minilm:
         distilled = minilm["rows"][-1]
@@ -364,9 +400,10 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             lora["accuracy"] >= full["accuracy"] - 0.02, "within 2 points of full")
         add("LoRA peak memory vs full (MB)", f"{lora['peak_rss_growth_mb']} vs {full['peak_rss_growth_mb']}",
             lora["peak_rss_growth_mb"] < full["peak_rss_growth_mb"], "below full")
-        add("LoRA step time vs full (ms, interleaved)",
-            f"{lora['step_ms_interleaved']} vs {full['step_ms_interleaved']}",
-            lora["step_ms_interleaved"] < full["step_ms_interleaved"], "below full")
+        interleaved = bool(lora.get("step_ms_interleaved") and full.get("step_ms_interleaved"))
+        key = "step_ms_interleaved" if interleaved else "step_time_ms"
+        add(f"LoRA step time vs full (ms, {'interleaved' if interleaved else 'each in its own run'})",
+            f"{lora[key]:.0f} vs {full[key]:.0f}", lora[key] < full[key], "below full")
     return out
 
 
@@ -387,7 +424,13 @@ def write_reports(result: dict[str, Any], out_dir: Path) -> None:
     lines = ["# Training benchmark (distill, finetune; CPU)", "",
              f"Generated by `python -m benchmarks.training` on {meta['date']}: {meta['machine']}, torch "
              f"{meta['torch']}, {meta['threads']} threads, under other engineers' load (timings are indicative).", ""]
-    for key, title in (("digits", "Digits CNN distillation"), ("cancer", "Breast-cancer MLP distillation")):
+    if meta.get("commands"):
+        lines += ["Runs: " + "; ".join(f"`{c.strip()}`" for c in meta["commands"]) + ".", ""]
+    if meta.get("note"):
+        lines += [meta["note"], ""]
+    for key, title in (("digits", "Digits CNN distillation"),
+                       ("digits_ablation", "Digits CNN: teacher initialisation with and without soft targets"),
+                       ("cancer", "Breast-cancer MLP distillation")):
         block = result.get(key)
         if not block:
             continue
@@ -407,10 +450,17 @@ def write_reports(result: dict[str, Any], out_dir: Path) -> None:
         lines.append("")
     minilm = result.get("minilm")
     if minilm:
+        settings = minilm.get("settings") or {}
+        how = (f" ({settings['epochs']} epochs at most, {minilm['decisions']['steps']} steps, lr {settings['lr']}, "
+               f"hidden loss {settings['hidden_loss']}, batch {settings['batch_size']}, max length "
+               f"{settings['max_length']})" if settings else "")
         lines += ["## all-MiniLM-L6-v2 -> 3 layers (keep_every 2)", "",
-                  f"Distilled on {minilm['train_sentences']} sentences in {minilm['distill_seconds']} s; fidelity = "
+                  f"Distilled on {minilm['train_sentences']} sentences"
+                  + (f" ({minilm['extra_train_sentences']} of them from other packages' docstrings)"
+                     if minilm.get("extra_train_sentences") else "")
+                  + f" in {minilm['distill_seconds']} s{how}; fidelity = "
                   f"mean cosine of mean-pooled embeddings against the teacher on {minilm['held_out_sentences']} "
-                  "held-out sentences; ONNX Runtime p50 latency (2 threads).", "",
+                  "held-out sentences (none of them in the transfer set); ONNX Runtime p50 latency (2 threads).", "",
                   "| model | layers | fidelity | p50 b1x128 ms | p50 b8x128 ms | p50 b32x32 ms | speedup b1 / b8 / "
                   "b32 | MB |", "|---|---:|---:|---:|---:|---:|---|---:|"]
         for row in minilm["rows"]:
@@ -449,8 +499,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--digits-epochs", type=int, default=30)
     parser.add_argument("--minilm-epochs", type=int, default=4)
+    parser.add_argument("--minilm-extra-sentences", type=int, default=2200, help="MiniLM transfer sentences from "
+                        "other packages' docstrings, on top of the 1,800 general and topic ones")
+    parser.add_argument("--minilm-hidden-loss", type=float, default=1.0)
+    parser.add_argument("--minilm-lr", type=float, default=5e-4)
+    parser.add_argument("--minilm-steps", type=int, help="MiniLM: stop after this many optimizer steps")
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--methods", nargs="*", choices=list(FINETUNE_METHODS), help="Fine-tuning methods to train "
+                        "(default: all; the interleaved step timing always covers all).")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     SEEDS = tuple(range(args.seeds))
@@ -461,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {"meta": {
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__, "threads": 2, "python": platform.python_version()}}
+        "torch": torch.__version__, "threads": 2, "python": platform.python_version(),
+        "commands": ["python -m benchmarks.training " + " ".join(argv if argv is not None else sys.argv[1:])]}}
     with tempfile.TemporaryDirectory(prefix="deepopt-bench-train-") as tmp:
         work = Path(tmp)
         if "digits" in args.only:
@@ -471,12 +529,14 @@ def main(argv: list[str] | None = None) -> int:
             result["cancer"] = bench_small_distill(work, "cancer", td.cancer_data(), td.cancer_mlp, (256, 64), 40,
                                                    CANCER_VARIANTS)
         if "minilm" in args.only:
-            result["minilm"] = bench_minilm_distill(work, args.minilm_epochs)
+            result["minilm"] = bench_minilm_distill(work, args.minilm_epochs, args.minilm_extra_sentences,
+                                                    args.minilm_hidden_loss, args.minilm_lr, args.minilm_steps)
         if "finetune" in args.only:
-            result["finetune"] = bench_finetune(work, args.finetune_epochs)
+            result["finetune"] = bench_finetune(work, args.finetune_epochs, args.methods)
     previous = args.out / "training.json"
     if previous.exists() and set(args.only) != {"digits", "cancer", "minilm", "finetune"}:
         old = json.loads(previous.read_text())
+        result["meta"]["commands"] = [*old.get("meta", {}).get("commands", []), *result["meta"]["commands"]]
         result = {**old, **result}
     result["targets"] = targets(result)
     write_reports(result, args.out)

@@ -6,14 +6,21 @@
 
 ``python -m deepopt_core.cli run REQUEST_JSON``
     The request is ``{"model", "model_format"?, "model_name"?, "passes", "data": {"calibration", "eval", "train"},
-    "outputs", "device", "benchmark", "workdir", "extra_models"?: {model_id: path}}`` (``extra_models``: other
-    uploaded models that passes name, such as a distillation student). Prints one JSON line per event on stdout:
+    "outputs", "device", "benchmark", "workdir", "extra_models"?: {model_id: path}, "trial_dispatch"?: folder}``
+    (``extra_models``: other uploaded models that passes name, such as a distillation student;
+    ``trial_dispatch``: a folder through which the worker runs `auto` trials on other workers too, see
+    :mod:`deepopt_core.passes.auto.remote`). Prints one JSON line per event on stdout:
     ``{"event": "progress", "progress": 0.42, "stage": "prune"}`` ... (training passes add their latest metrics:
     ``{"event": "progress", "progress": 0.3, "stage": "finetune 40/300 loss 0.2130", "metrics": {"loss": 0.213,
     "step": 40, "steps": 300, "epoch": 1}}``), then writes ``<workdir>/result.json`` (a
     :class:`deepopt_core.result.Result`) and prints ``{"event": "result"}`` (exit 0). On bad input or a failed
     pass it prints ``{"event": "error", "code", "message"}`` and exits 3; any other failure exits 1 with a
     traceback on stderr.
+
+``python -m deepopt_core.cli trial REQUEST_JSON``
+    One `auto` trial on a bundle: ``{"bundle", "number", "recipe", "workdir", "worker"}``; writes
+    ``<workdir>/trial.json`` (``{"status": "succeeded", "measurement"}`` or ``{"status": "failed", "error"}``) and
+    the trial's model ``<workdir>/trial.onnx``, prints ``{"event": "result"}`` and exits 0.
 
 stdout carries only these JSON lines: everything else (logging, warnings, library prints, even native code
 writing to file descriptor 1) goes to stderr.
@@ -94,6 +101,10 @@ def _run(request_path: str, out: TextIO) -> int:
     request = json.loads(Path(request_path).read_text())
     workdir = Path(request["workdir"])
     data = {k: v for k, v in (request.get("data") or {}).items() if v}
+    if request.get("trial_dispatch"):
+        from deepopt_core.passes.auto.remote import use_dispatch
+
+        use_dispatch(request["trial_dispatch"])
 
     def on_progress(fraction: float, stage: str, metrics: dict[str, Any] | None = None) -> None:
         event: dict[str, Any] = {"event": "progress", "progress": fraction, "stage": stage}
@@ -122,6 +133,14 @@ def _run(request_path: str, out: TextIO) -> int:
     return 0
 
 
+def _trial(request_path: str, out: TextIO) -> int:
+    from deepopt_core.passes.auto.remote import run_trial_request
+
+    run_trial_request(json.loads(Path(request_path).read_text()))
+    _emit(out, {"event": "result"})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m deepopt_core.cli", description="DeepOpt core commands")
@@ -132,12 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     inspect_parser.add_argument("--format", dest="model_format", default=None)
     run_parser = commands.add_parser("run", help="run a pipeline request (JSON file)")
     run_parser.add_argument("request")
+    trial_parser = commands.add_parser("trial", help="run one trial of an auto search on a bundle (JSON request)")
+    trial_parser.add_argument("request")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     with json_stdout() as out:
         try:
             if args.command == "inspect":
                 return _inspect(args.path, args.model_format, out)
+            if args.command == "trial":
+                return _trial(args.request, out)
             return _run(args.request, out)
         except Exception:
             traceback.print_exc(file=sys.stderr)

@@ -163,18 +163,36 @@ def _export(handle: ModelHandle, spec: Any, base: PassContext, index: int | None
 
     ctx = PassContext(workdir=base.workdir, info=base.info, sample=base.sample, warnings=base.warnings,
                       on_progress=progress)
-    handle.model = export(spec, handle.model, ctx)
+    module = handle.model
+    handle.model = export(spec, module, ctx)
     handle.representation = "onnx"
+    if handle.source_format == "onnx":  # a model converted from ONNX: its symbolic dimensions must survive
+        from deepopt_core.formats.onnx_torch import check_symbolic_batch
+
+        check_symbolic_batch(handle.model, module, base.sample, base.info)
     return {"index": index, "type": "export", "track": track, "representation": "torch", **ctx.decisions}
 
 
-def _save(handle: ModelHandle, fmt: str, path: Path, sample: dict[str, np.ndarray]) -> None:
+def _import(handle: ModelHandle, base: PassContext, track: str, progress: Callable[[float], None]) -> dict[str, Any]:
+    """Convert the ONNX model to torch for the passes that need it (:mod:`deepopt_core.formats.onnx_torch`)."""
+    from deepopt_core.formats.onnx_torch import onnx_to_torch
+
+    progress(0.0)
+    handle.model, report = onnx_to_torch(handle.model, base.sample, handle.input_names)
+    handle.representation = "torch"
+    progress(1.0)
+    return {"index": None, "type": "import", "track": track, "representation": "onnx", **report}
+
+
+def _save(handle: ModelHandle, fmt: str, path: Path, sample: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """Write the track's model as `fmt`; an ONNX file is written compactly when that is smaller (the sizes are
+    returned for the artifact's benchmark, see :func:`deepopt_core.formats.onnx_sparse.save_onnx_compact`)."""
     names = handle.input_names
     try:
         if fmt == "onnx":
-            from deepopt_core.formats.onnx import save_onnx
+            from deepopt_core.formats.onnx_sparse import save_onnx_compact
 
-            save_onnx(handle.model, path)
+            return save_onnx_compact(handle.model, path, sample)
         elif fmt == "torchscript":
             from deepopt_core.formats.torchscript import save_torchscript
 
@@ -193,6 +211,7 @@ def _save(handle: ModelHandle, fmt: str, path: Path, sample: dict[str, np.ndarra
             save_hf(handle.model, path, handle.hf_folder, name=path.stem)
     except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
         raise PassFailed(f"saving the {fmt} output failed: {str(exc).splitlines()[0][:500]}") from None
+    return None
 
 
 def verify(path: Path, fmt: str, info: ModelInfo, sample: dict[str, np.ndarray], scratch: Path) -> ModelInfo:
@@ -222,11 +241,15 @@ def _run_track(track: Track, specs: list[Any], model: Path, base: PassContext, h
     handle = _load_source(model, base.info, scratch, hf_folder)
     steps = dict(track.steps)
     export_spec = next((s for s in reversed(specs) if s.type == "export"), None)
-    units = len(track.steps) + (track.export_before is not None) + 1
+    units = len(track.steps) + (track.export_before is not None) + (track.import_before is not None) + 1
     width = (end - start) / units
     done = 0
     decisions: list[dict[str, Any]] = []
     for index in range(len(specs) + 1):
+        if track.import_before == index:
+            span = progress.span(start + done * width, start + (done + 1) * width, "import")
+            decisions.append(_import(handle, base, track.representation, span))
+            done += 1
         if track.export_before == index:
             span = progress.span(start + done * width, start + (done + 1) * width, "export")
             explicit = index if index < len(specs) and specs[index].type == "export" else None
@@ -303,6 +326,7 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
     scratch.mkdir(exist_ok=True)
     name = model_name or model.name.split(".")[0] or "model"
     result = Result()
+    storage: dict[int, dict[str, Any]] = {}  # artifact index -> how its ONNX file is stored, and the sizes
     try:
         hf_folder, tokenizer = None, None
         if info.format == "hf":
@@ -327,12 +351,17 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
                 progress.at(start + 0.8 * width, "saving")
                 filename = f"{name}-optimized{FILE_SUFFIXES[fmt]}"
                 path = (workdir / filename).resolve()
-                _save(handle, fmt, path, sample)
+                stored = _save(handle, fmt, path, sample)
                 progress.at(start + 0.9 * width, "verifying")
                 verify(path, fmt, info, sample, scratch)
+                if stored is not None:
+                    storage[len(result.artifacts)] = stored
                 result.artifacts.append(ArtifactResult(path=str(path), kind="model", format=fmt, filename=filename))
         result.artifacts.extend(base.artifacts)  # files the passes wrote besides the model (an adapter)
         _benchmark(model, info, result, data_sets, tokenizer, settings, scratch, progress, device)
+        for bench in result.benchmarks:
+            if bench.artifact_index in storage:
+                bench.metrics["storage"] = storage[bench.artifact_index]
         for plot in write_tradeoff_plot(result.benchmarks, result.artifacts, workdir, name):
             result.artifacts.append(ArtifactResult(path=str(plot.resolve()), kind="plot",
                                                    format=plot.suffix.lstrip("."), filename=plot.name))
@@ -372,6 +401,22 @@ def _benchmark(model: Path, info: ModelInfo, result: Result, data_sets: dict[str
     except Exception as exc:
         raise PassFailed(f"benchmark failed: {str(exc).splitlines()[0][:500]}") from exc
     _note_quantization(result)
+    _note_auto(result)
+
+
+def _note_auto(result: Result) -> None:
+    """An artifact of a track with an `auto` pass says whether it meets the accuracy bound and which trial it is
+    (the trials themselves are in the decisions)."""
+    for bench in result.benchmarks:
+        if bench.artifact_index is None:
+            continue
+        track = "onnx" if result.artifacts[bench.artifact_index].format == "onnx" else "torch"
+        for d in result.decisions:
+            if d.get("type") == "auto" and d.get("track") == track:
+                bench.metrics["met_bound"] = d.get("met_bound")
+                bench.metrics["auto"] = {k: d.get(k) for k in (
+                    "objective", "metric", "max_accuracy_drop", "chosen", "chosen_label", "trials_run",
+                    "trials_skipped", "stopped", "seconds", "pareto_front")}
 
 
 def _note_quantization(result: Result) -> None:

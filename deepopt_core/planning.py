@@ -2,8 +2,10 @@
 
 A job may ask for ONNX and PyTorch outputs at once. Each output family is a *track*: the torch track runs
 every pass on the PyTorch model; the onnx track runs passes on PyTorch until the last pass that needs it (or an
-explicit `export` pass), exports, and runs the rest on the ONNX graph. The same function validates a job at
-submit time (no torch imported) and drives the run.
+explicit `export` pass), exports, and runs the rest on the ONNX graph. An ONNX upload whose passes include one
+that only runs on PyTorch and accepts a converted model (`accepts_onnx_import`: the prune methods) is imported to
+torch before the first such pass (:mod:`deepopt_core.formats.onnx_torch`) and exported back after the last one.
+The same function validates a job at submit time (no torch imported) and drives the run.
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ class Track:
     representation: str  # "onnx" or "torch"
     outputs: list[str]
     export_before: int | None = None  # index of the pass before which the torch model is exported to ONNX
+    import_before: int | None = None  # index of the pass before which an ONNX model is converted to torch
     steps: list[tuple[int, str]] = field(default_factory=list)  # (pass index, representation it runs on)
+
+
+def _representations(spec: Any) -> tuple[str, ...]:
+    """Where a pass can run: the config's own answer for its settings (`representations()`), else the pass's."""
+    own = getattr(spec, "representations", None)
+    return tuple(own()) if callable(own) else tuple(get_pass(spec.type).representations)
 
 
 def default_outputs(model_format: str, passes: list[Any]) -> list[str]:
@@ -61,7 +70,7 @@ def plan(model_format: str, passes: list[Any], outputs: list[str] | None) -> lis
             for i, spec in enumerate(passes):
                 if spec.type == "export":
                     continue
-                if "torch" not in get_pass(spec.type).representations:
+                if "torch" not in _representations(spec):
                     problems.append(PlanProblem(("passes", i), f"{spec.type!r} has no PyTorch implementation"))
                 track.steps.append((i, "torch"))
             if "hf" in torch_outputs and model_format != "hf":
@@ -83,7 +92,7 @@ def plan(model_format: str, passes: list[Any], outputs: list[str] | None) -> lis
     if "onnx" in outputs:
         track = Track("onnx", ["onnx"])
         if source_is_torch:
-            needs_torch = [i for i, s in enumerate(passes) if "onnx" not in get_pass(s.type).representations]
+            needs_torch = [i for i, s in enumerate(passes) if "onnx" not in _representations(s)]
             explicit = [i for i, s in enumerate(passes) if s.type == "export"]
             # Export after the last pass that only runs on PyTorch; an explicit export pass may move it later.
             export_at = max(needs_torch + explicit, default=-1)
@@ -93,17 +102,26 @@ def plan(model_format: str, passes: list[Any], outputs: list[str] | None) -> lis
                 if spec.type == "export":
                     continue
                 rep = "torch" if i < export_at else "onnx"
-                if rep not in get_pass(spec.type).representations:
+                if rep not in _representations(spec):
                     problems.append(PlanProblem(("passes", i), f"{spec.type!r} cannot run on {rep} here"))
                 track.steps.append((i, rep))
         else:
+            needs_torch = [i for i, s in enumerate(passes) if s.type != "export" and "onnx" not in _representations(s)]
+            convertible = [i for i in needs_torch if getattr(passes[i], "accepts_onnx_import", False)]
+            if convertible:
+                # Convert once, before the first pass that needs torch, and export after the last one.
+                track.import_before, track.export_before = min(convertible), max(convertible) + 1
             for i, spec in enumerate(passes):
+                torch_span = track.import_before is not None and track.import_before <= i < (track.export_before or 0)
                 if spec.type == "export":
                     problems.append(PlanProblem(("passes", i), "export converts PyTorch models; this one is ONNX"))
-                elif "onnx" not in get_pass(spec.type).representations:
+                elif i in needs_torch and i not in convertible:
                     problems.append(PlanProblem(("passes", i), f"{spec.type!r} needs a PyTorch model"))
+                elif torch_span and "torch" not in _representations(spec):
+                    problems.append(PlanProblem(("passes", i), f"{spec.type!r} cannot run on torch here (between "
+                                                "the passes that convert the ONNX model to PyTorch)"))
                 else:
-                    track.steps.append((i, "onnx"))
+                    track.steps.append((i, "torch" if torch_span else "onnx"))
         tracks.append(track)
 
     for track in tracks:

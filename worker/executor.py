@@ -3,7 +3,8 @@
 The child process (`python -m deepopt_core.cli run request.json`) does all the model work, so a cancel or a
 time limit can stop it at once, and a crash in native code cannot take the worker down. This process keeps
 the job row current: heartbeat, progress, stage, and the final status, always guarded by `worker_id` so that a
-job the reaper took away (because this worker looked dead) is never finished twice.
+job the reaper took away (because this worker looked dead) is never finished twice. The trials of an `auto` pass
+go out to the other workers from this same loop (:mod:`worker.dispatch`), so they live and end with the job.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, or_, select, update
 
@@ -35,10 +36,14 @@ from app.services.histograms import JOB_DURATION, PASS_DURATION, observe
 from app.storage import Storage, copy_to, make_storage
 from worker.presence import CURRENT, beat
 
+if TYPE_CHECKING:
+    from worker.dispatch import TrialDispatcher
+
 log = logging.getLogger("deepopt.executor")
 
 # How running out of address space reads in the child's stderr (Python, C++, glibc, OpenBLAS).
-OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "Cannot allocate memory", "Memory allocation")
+# "failed to map segment": a shared library (libtorch) that cannot be mapped under the address-space limit.
+OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "Cannot allocate memory", "Memory allocation", "failed to map segment")
 MODEL_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2", "hf": "model.hf"}
 STAGE_WRITE_MIN_S = 0.5
 DATASET_ROLES = {"calibration": "calibration_dataset_id", "eval": "eval_dataset_id", "train": "train_dataset_id"}
@@ -62,7 +67,8 @@ def claim(job_id: str, worker_id: str, settings: Settings) -> bool:
             )
             .values(
                 status="running", worker_id=worker_id, heartbeat_at=now, attempts=Job.attempts + 1,
-                progress=0.0, stage="starting", error_code=None, error_message=None, version=Job.version + 1,
+                progress=0.0, stage="starting", metrics=None, error_code=None, error_message=None,
+                version=Job.version + 1,
             )
         )
         if not result.rowcount:  # type: ignore[attr-defined]
@@ -92,6 +98,7 @@ class ChildState:
 
     progress: float = 0.0
     stage: str = "starting"
+    metrics: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     done: bool = False
     lines: list[str] = field(default_factory=list)
@@ -128,6 +135,8 @@ def _read_events(stream: Any, state: ChildState) -> None:
         if kind == "progress":
             state.progress = float(event.get("progress", state.progress))
             state.stage = str(event.get("stage") or state.stage)[:64]
+            if isinstance(event.get("metrics"), dict):
+                state.metrics = event["metrics"]
             state.enter(state.stage)
         elif kind == "error":
             state.error = event
@@ -152,11 +161,18 @@ def _child_setup(memory_limit: int | None) -> None:
 
 
 def prepare(job: Job, model: Model, datasets: dict[str, Dataset | None], storage: Storage,
-            workdir: Path) -> Path:
-    """Lay out the child's inputs and request file; returns the request path."""
+            workdir: Path, extra_models: list[Model] | None = None) -> Path:
+    """Lay out the child's inputs and request file; returns the request path. `extra_models` are the other
+    uploaded models the passes name by id (a distillation's student or teacher)."""
     inputs = workdir / "inputs"
     inputs.mkdir(parents=True)
     model_path = copy_to(storage, model.storage_key, inputs / MODEL_FILENAMES.get(model.format, "model.bin"))
+    extra: dict[str, str] = {}
+    for other in extra_models or []:
+        folder = inputs / "models" / other.id
+        folder.mkdir(parents=True, exist_ok=True)
+        extra[other.id] = str(copy_to(storage, other.storage_key,
+                                      folder / MODEL_FILENAMES.get(other.format, "model.bin")))
     data: dict[str, str | None] = {}
     for role, dataset in datasets.items():
         data[role] = (
@@ -173,11 +189,21 @@ def prepare(job: Job, model: Model, datasets: dict[str, Dataset | None], storage
         "device": spec.get("device", "cpu"),
         "benchmark": spec.get("benchmark"),
         "workdir": str(workdir / "out"),
+        "extra_models": extra,
     }
+    if any(p.get("type") == "auto" for p in spec["passes"]):
+        # The search's trials go out to the workers through this folder (worker.dispatch).
+        request["trial_dispatch"] = str(workdir / "trials")
     (workdir / "out").mkdir()
     request_path = workdir / "request.json"
     request_path.write_text(json.dumps(request, indent=2))
     return request_path
+
+
+def _named_models(spec: dict[str, Any]) -> list[str]:
+    """Ids of other uploaded models a stored pass spec names (`{"student": {"model_id": ...}}`)."""
+    return [ref["model_id"] for key in ("student", "teacher")
+            if isinstance(ref := spec.get(key), dict) and isinstance(ref.get("model_id"), str)]
 
 
 def execute_job(job_id: str) -> str:
@@ -197,6 +223,8 @@ def execute_job(job_id: str) -> str:
             role: session.get(Dataset, job.spec.get(field)) if job.spec.get(field) else None
             for role, field in DATASET_ROLES.items()
         }
+        named = {i for spec in job.spec["passes"] for i in _named_models(spec)}
+        extra_models = list(session.scalars(select(Model).where(Model.id.in_(named)))) if named else []
         attempt = job.attempts
         session.expunge_all()
     job_dir = settings.work_dir / job_id
@@ -206,9 +234,16 @@ def execute_job(job_id: str) -> str:
     started = time.monotonic()
     CURRENT["job_id"] = job_id
     outcome = "failed"
+    dispatcher: TrialDispatcher | None = None
     try:
-        request_path = prepare(job, model, datasets, storage, workdir)
-        outcome = _run_child(job_id, worker_id, request_path, workdir, settings, state)
+        request_path = prepare(job, model, datasets, storage, workdir, extra_models)
+        folder = json.loads(request_path.read_text()).get("trial_dispatch")
+        if folder:
+            from worker.dispatch import TrialDispatcher
+
+            dispatcher = TrialDispatcher(job_id=job_id, attempt=attempt, owner_id=worker_id, queue=job.queue,
+                                         folder=Path(folder), storage=storage, settings=settings)
+        outcome = _run_child(job_id, worker_id, request_path, workdir, settings, state, dispatcher)
         if outcome == "done":
             outcome = _persist(job_id, worker_id, workdir, storage)
             if outcome == "succeeded":
@@ -219,6 +254,8 @@ def execute_job(job_id: str) -> str:
         finish(job_id, worker_id, status="failed", error_code="internal_error", error_message=str(exc)[:2000])
         return "failed"
     finally:
+        if dispatcher is not None:
+            dispatcher.close()
         shutil.rmtree(job_dir, ignore_errors=True)
         CURRENT["job_id"] = None
         try:
@@ -238,7 +275,7 @@ def _observe_durations(spec: dict[str, Any], state: ChildState, run_seconds: flo
 
 
 def _run_child(job_id: str, worker_id: str, request_path: Path, workdir: Path, settings: Settings,
-               state: ChildState | None = None) -> str:
+               state: ChildState | None = None, dispatcher: TrialDispatcher | None = None) -> str:
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     stderr_path = workdir / "stderr.log"
@@ -258,6 +295,8 @@ def _run_child(job_id: str, worker_id: str, request_path: Path, workdir: Path, s
             while True:
                 returncode = child.poll()
                 now = time.monotonic()
+                if dispatcher is not None and returncode is None:
+                    dispatcher.poll(now)
                 # A new stage is written soon (event streams show it) without beating more than twice a second.
                 stage_moved = state.stage != written_stage and now - last_beat >= STAGE_WRITE_MIN_S
                 if returncode is None and now < next_beat and not stage_moved:
@@ -302,7 +341,7 @@ def _run_child(job_id: str, worker_id: str, request_path: Path, workdir: Path, s
 
 
 def _heartbeat(job_id: str, worker_id: str, state: ChildState) -> str:
-    progress, stage = min(state.progress, 0.99), state.stage
+    progress, stage, metrics = min(state.progress, 0.99), state.stage, state.metrics
     # The version (the id of event-stream events) moves only when something a client sees changed.
     moved = or_(Job.progress != progress, Job.stage.is_distinct_from(stage))
     try:
@@ -311,7 +350,7 @@ def _heartbeat(job_id: str, worker_id: str, state: ChildState) -> str:
             result = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
-                .values(heartbeat_at=utcnow(), progress=progress, stage=stage,
+                .values(heartbeat_at=utcnow(), progress=progress, stage=stage, metrics=metrics,
                         version=Job.version + case((moved, 1), else_=0))
             )
             if not result.rowcount:  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 - A running job whose heartbeat stopped (its worker died) is requeued, or failed with a reason after
   `max_attempts` runs, or ends cancelled when a cancel was asked for.
+- A trial of an `auto` job whose job no longer runs under the worker that dispatched it (that worker died, or
+  the job ended) is cancelled, so no worker starts it and whoever runs it stops.
 - A queued job whose task may have been lost (a broker that drops unacked messages of a killed worker, or an
   enqueue that failed) gets its task re-sent. Duplicates are harmless: tasks claim with a conditional UPDATE.
 Every worker runs this loop; each change is a conditional UPDATE, so concurrent reapers do not collide.
@@ -20,6 +22,7 @@ from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.notify import notify_job
 from app.db.models import Job, utcnow
+from worker.trials import cancel_orphan_trials
 
 log = logging.getLogger("deepopt.reaper")
 
@@ -74,6 +77,7 @@ def reap_once() -> dict[str, int]:
             if session.execute(update(Job).where(*guard).values(enqueued_at=now)).rowcount:  # type: ignore[attr-defined]
                 counts["resent"] += 1
                 to_send.append((job_id, queue))
+    counts["trials_cancelled"] = cancel_orphan_trials()
     for job_id in changed:
         notify_job(job_id)
     for job_id, queue in to_send:  # after the commit, so a fast worker sees the queued row

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.api.problems import ProblemError
@@ -17,6 +18,10 @@ from app.services.keys import Caller
 from app.storage import Storage, make_storage
 
 LOCAL_TENANT = "local"
+# Declares the bearer scheme in the OpenAPI spec (clients generate auth from it); a missing or malformed header is
+# not refused here but below, where an open server (no keys anywhere) still lets the caller in.
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
+                    description="An API key: `deepopt keys create --tenant NAME` or the admin API issues one.")
 
 
 def get_session() -> Iterator[Session]:
@@ -33,20 +38,18 @@ def get_storage() -> Storage:
 
 
 def get_caller(
-    request: Request,
     settings: Annotated[Settings, Depends(get_settings)],
     session: Annotated[Session, Depends(get_session)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
 ) -> Caller:
     """Who calls: the tenant of the key in `Authorization: Bearer KEY` (a key of `DEEPOPT_API_KEYS` or one issued
     by the admin API). With no key configured anywhere the server is open, as one local tenant."""
     from app.services.keys import RATE_LIMITER, any_keys, caller_for_key
 
     env_keys = settings.tenant_keys()
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
+    token = credentials.credentials.strip() if credentials is not None else ""
     caller: Caller | None = None
-    if scheme.lower() == "bearer" and token:
+    if token:
         for key, tenant in env_keys.items():
             if hmac.compare_digest(key.encode(), token.encode()):
                 caller = Caller(tenant, None, is_admin=False)

@@ -14,6 +14,7 @@ from celery import Celery
 from app.core.config import Settings, get_settings
 
 RUN_JOB_TASK = "deepopt.run_job"
+RUN_TRIAL_TASK = "deepopt.run_trial"
 QUEUES = ("cpu", "gpu")
 
 
@@ -68,6 +69,11 @@ def get_sender() -> Celery:
 def send_run_job(job_id: str, queue: str) -> None:
     """Enqueue `run_job(job_id)` on `queue`. Called after the job row is committed."""
     get_sender().send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
+
+
+def send_run_trial(trial_id: str, queue: str) -> None:
+    """Enqueue `run_trial(trial_id)` on `queue` (an `auto` job's trial). Called after the trial row is committed."""
+    get_sender().send_task(RUN_TRIAL_TASK, args=[trial_id], queue=queue)
 
 
 def broker_ready(timeout: float = 3.0) -> bool:

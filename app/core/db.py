@@ -27,7 +27,10 @@ class Base(DeclarativeBase):
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # Room for a connection per request the API serves at once (sync routes run in anyio's 40 threads); the
+        # default 5 + 10 made 32 concurrent clients wait out the pool timeout (`make bench-load`).
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=10,
+                               max_overflow=40)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]

@@ -6,7 +6,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -99,6 +111,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     result_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The latest metrics a training pass reported ({"loss", "step", "steps", "epoch"}), kept after it ends.
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Bumped by every change a client can see (status, stage, progress, attempts): the id of event-stream events.
     version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
@@ -180,6 +194,47 @@ class ApiKey(Base):
 
 
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+TRIAL_STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "cancelled")
+
+
+class Trial(Base):
+    """One recipe of an `auto` job's search, run by whichever worker claims it first, the job's own included.
+
+    `owner_id` is the job's `worker_id` when the trial was dispatched: a trial may start only while its job is
+    running under that owner, so the trials of an attempt that died, or of a job that ended, never run.
+    """
+
+    __tablename__ = "trial"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(32), doc="Unique within the attempt: `s<search>-t<number>`.")
+    number: Mapped[int] = mapped_column(Integer)
+    recipe: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    bundle: Mapped[dict[str, str]] = mapped_column(JSON, doc="File name -> storage key of what the trial needs.")
+    queue: Mapped[str] = mapped_column(String(16), default="cpu")
+    owner_id: Mapped[str] = mapped_column(String(128))
+    # pending, running, succeeded, failed, skipped (not started within the search's minutes), cancelled
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    claims: Mapped[int] = mapped_column(Integer, default=0)
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    model_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "key", name="uq_trial_job_attempt_key"),
+        Index("ix_trial_status_heartbeat", "status", "heartbeat_at"),
+    )
 
 
 class WebhookDelivery(Base):

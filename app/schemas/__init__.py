@@ -106,6 +106,9 @@ class JobRead(BaseModel):
     status: JobStatus
     progress: float = Field(..., ge=0, le=1)
     stage: str | None
+    metrics: dict[str, Any] | None = Field(
+        None, description="Latest metrics of a training pass while it runs and after: loss, step, steps, epoch."
+    )
     model_id: str
     spec: dict[str, Any]
     error: JobError | None

@@ -18,7 +18,7 @@ from app.core.notify import notify_job
 from app.db.models import Dataset, IdempotencyKey, Job, Model, WebhookDelivery, utcnow
 from app.schemas import JobCreate
 from app.services.keys import check_job_quota
-from deepopt_core.passes.base import SubmitContext, check_pass
+from deepopt_core.passes.base import SubmitContext, check_pass, referenced_models
 from deepopt_core.planning import PlanError, plan
 
 log = logging.getLogger("deepopt.jobs")
@@ -63,6 +63,8 @@ def validate_job(session: Session, tenant: str, body: JobCreate) -> tuple[Model,
 
     context = SubmitContext(
         model=model.info,
+        # Other models the passes name (a distillation's student or teacher); one missing here is "no such model".
+        models={m.id: m.info for m in _referenced(session, tenant, body)},
         calibration=_info_or_none(datasets["calibration_dataset_id"]),
         eval=_info_or_none(datasets["eval_dataset_id"]),
         train=_info_or_none(datasets["train_dataset_id"]),
@@ -94,6 +96,14 @@ def validate_job(session: Session, tenant: str, body: JobCreate) -> tuple[Model,
             422, "; ".join(f"{p.field}: {p.message}" for p in problems[:5]), code="invalid_job", errors=problems
         )
     return model, datasets
+
+
+def _referenced(session: Session, tenant: str, body: JobCreate) -> list[Model]:
+    ids = {model_id for spec in body.passes for model_id in referenced_models(spec)}
+    if not ids:
+        return []
+    return list(session.scalars(select(Model).where(Model.id.in_(ids), Model.tenant == tenant,
+                                                    Model.deleted_at.is_(None))))
 
 
 def _info_or_none(dataset: Dataset | None) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ def revoke_key(session: Session, key_id: str) -> ApiKey | None:
     if row is not None and row.revoked_at is None:
         row.revoked_at = utcnow()
         session.commit()
+    KEY_CACHE.forget(key_id)
     return row
 
 
@@ -46,9 +47,53 @@ class Caller:
     is_admin: bool
 
 
+class KeyCache:
+    """Callers of recently seen valid keys, by key hash, for `ttl_s` seconds: a client polling a job does not cost
+    a database round trip per request to be recognised. Only valid keys are kept (a new key works at once); a
+    revoked key stops working at once in the API process that revoked it and within `ttl_s` in the others."""
+
+    def __init__(self, ttl_s: float = 5.0, max_entries: int = 4096) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Caller]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> Caller | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or time.monotonic() - entry[0] > self.ttl_s:
+            return None
+        return entry[1]
+
+    def put(self, key_hash: str, caller: Caller) -> None:
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key_hash] = (time.monotonic(), caller)
+
+    def forget(self, key_id: str) -> None:
+        with self._lock:
+            for key_hash in [h for h, (_, caller) in self._entries.items() if caller.key_id == key_id]:
+                del self._entries[key_hash]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+KEY_CACHE = KeyCache()
+
+
 def caller_for_key(session: Session, key: str) -> Caller | None:
-    row = session.scalar(select(ApiKey).where(ApiKey.key_sha256 == hash_key(key), ApiKey.revoked_at.is_(None)))
-    return Caller(row.tenant, row.id, row.is_admin) if row is not None else None
+    key_hash = hash_key(key)
+    cached = KEY_CACHE.get(key_hash)
+    if cached is not None:
+        return cached
+    row = session.scalar(select(ApiKey).where(ApiKey.key_sha256 == key_hash, ApiKey.revoked_at.is_(None)))
+    if row is None:
+        return None
+    caller = Caller(row.tenant, row.id, row.is_admin)
+    KEY_CACHE.put(key_hash, caller)
+    return caller
 
 
 def any_keys(session: Session) -> bool:

@@ -15,6 +15,7 @@ MAX_INLINE_SVG_BYTES = 8 * 1024 * 1024
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>DeepOpt report {job_id}</title>
+<link rel="icon" href="data:,">
 <style>
 body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; }}
@@ -39,7 +40,8 @@ def recipe(spec: dict[str, Any]) -> str:
     steps = []
     for step in spec.get("passes", []):
         variant = step.get("mode") or step.get("method")
-        knobs = [f"{k}={v}" for k, v in step.items() if k in ("sparsity", "weight_dtype", "n", "m", "opset")]
+        knobs = [f"{k}={v}" for k, v in step.items()
+                 if k in ("sparsity", "weight_dtype", "n", "m", "opset", "objective", "max_accuracy_drop")]
         inside = ", ".join([*([variant] if variant else []), *knobs])
         steps.append(f"{step.get('type')}({inside})")
     return " -> ".join(steps)
@@ -84,6 +86,9 @@ def _decisions(decisions: list[dict[str, Any]]) -> str:
         return "<p>-</p>"
     parts = []
     for decision in decisions:
+        if decision.get("type") == "auto":
+            parts.append(_auto_trials(decision))
+            continue
         layers = decision.get("layers")
         summary = {k: v for k, v in decision.items() if k != "layers"}
         part = f"<h3>{html.escape(str(decision.get('type')))} ({html.escape(str(decision.get('track', '')))})</h3>"
@@ -96,15 +101,45 @@ def _decisions(decisions: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def _auto_trials(decision: dict[str, Any]) -> str:
+    """The `auto` pass: its verdict, then one row per trial (measured, failed or skipped with the reason)."""
+    base = decision.get("baseline") or {}
+    metric = html.escape(str(decision.get("metric")))
+    verdict = (f"objective <b>{html.escape(str(decision.get('objective')))}</b>, {metric}"
+               f" drop at most {_fmt(decision.get('max_accuracy_drop'))}; {decision.get('trials_run')} trials run, "
+               f"{decision.get('trials_skipped')} rejected from estimates, stopped: "
+               f"{html.escape(str(decision.get('stopped')))} after {_fmt(decision.get('seconds'))} s; chosen: "
+               f"<b>{html.escape(str(decision.get('chosen_label')))}</b>; met_bound: "
+               f"<b>{html.escape(str(decision.get('met_bound')).lower())}</b>. Original: {_fmt(base.get('quality'))} "
+               f"{metric}, {_fmt(base.get('latency_ms'))} ms, "
+               f"{_fmt(base.get('size_bytes'))} bytes.")
+    head = ("<tr><th>#</th><th>recipe</th><th>status</th><th>quality</th><th>drop</th><th>p50 ms</th>"
+            "<th>speed-up</th><th>x size</th><th>s</th><th>Pareto</th><th>note</th></tr>")
+    rows = []
+    for trial in decision.get("trials") or []:
+        chosen = trial.get("trial") == decision.get("chosen") and trial.get("status") == "measured"
+        confirmed = trial.get("speedup_confirmed")
+        note = trial.get("reason") or (f"timed again: x{confirmed:.3g}" if confirmed else "")
+        cells = [_fmt(trial.get("trial") or "-"), html.escape(str(trial.get("label"))) + (" <b>(chosen)</b>" if chosen
+                 else ""), html.escape(str(trial.get("status"))), _fmt(trial.get("quality")), _fmt(trial.get("drop")),
+                 _fmt(trial.get("latency_ms")), _fmt(trial.get("speedup"), 3), _fmt(trial.get("size_ratio"), 3),
+                 _fmt(trial.get("seconds"), 3), "yes" if trial.get("pareto") else "", html.escape(str(note))]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<h3>auto</h3><p>{verdict}</p><table>{head}{''.join(rows)}</table>"
+
+
 def _inline_svg(job: Job, storage: Storage) -> str:
-    svg = next((a for a in job.artifacts if a.kind == "plot" and a.format == "svg"), None)
-    if svg is None or not storage.exists(svg.storage_key):
+    plots = [a for a in job.artifacts if a.kind == "plot" and a.format == "svg" and storage.exists(a.storage_key)]
+    if not plots:
         return "<p>No plot.</p>"
-    text = storage.read_bytes(svg.storage_key, MAX_INLINE_SVG_BYTES).decode(errors="replace")
-    # Our own matplotlib output; drop the XML prolog and anything scriptable all the same.
-    text = re.sub(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>", "", text)
-    text = re.sub(r"<script.*?</script>", "", text, flags=re.S | re.I)
-    return f"<figure>{text}</figure>"
+    figures = []
+    for svg in plots:
+        text = storage.read_bytes(svg.storage_key, MAX_INLINE_SVG_BYTES).decode(errors="replace")
+        # Our own matplotlib output; drop the XML prolog and anything scriptable all the same.
+        text = re.sub(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>", "", text)
+        text = re.sub(r"<script.*?</script>", "", text, flags=re.S | re.I)
+        figures.append(f"<figure>{text}<figcaption>{html.escape(svg.filename)}</figcaption></figure>")
+    return "".join(figures)
 
 
 def render_report(job: Job, storage: Storage) -> str:

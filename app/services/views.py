@@ -26,7 +26,7 @@ def artifact_view(artifact: Artifact, download_url: UrlFor = relative_download_u
 def job_view(job: Job, download_url: UrlFor = relative_download_url) -> JobRead:
     return JobRead(
         id=job.id, status=job.status, progress=min(max(job.progress, 0.0), 1.0), stage=job.stage,  # type: ignore[arg-type]
-        model_id=job.model_id, spec=job.spec,
+        metrics=job.metrics, model_id=job.model_id, spec=job.spec,
         error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
         attempts=job.attempts, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         artifacts=[artifact_view(a, download_url) for a in job.artifacts],
@@ -48,6 +48,6 @@ def job_state(job: Job) -> dict[str, Any]:
     """What an event-stream `state` event carries: the fields that change while a job runs."""
     return {
         "job_id": job.id, "version": job.version, "status": job.status, "stage": job.stage,
-        "progress": round(min(max(job.progress, 0.0), 1.0), 4), "attempts": job.attempts,
+        "progress": round(min(max(job.progress, 0.0), 1.0), 4), "metrics": job.metrics, "attempts": job.attempts,
         "error": {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None,
     }

@@ -59,19 +59,17 @@ class OrtRunner(Runner):
         import onnxruntime as ort
 
         from deepopt_core.formats.onnx_inspect import load_onnx
+        from deepopt_core.formats.ort_session import inference_session, session_options
 
         self.path = Path(path)
         self.model = load_onnx(self.path)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options = session_options(threads)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS[graph_optimization])
-        if threads:
-            options.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        self.session = inference_session(str(self.path), options, providers)
         self.inputs = {i.name: _ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
 
     def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

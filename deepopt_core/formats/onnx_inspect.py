@@ -87,6 +87,15 @@ def load_onnx(path: str | Path, *, allow_external_data: bool = False) -> onnx.Mo
         if not allow_external_data:
             raise InvalidModel("the model stores tensors in external data files, which are not part of the upload; "
                                "save it as one file (onnx.save with save_as_external_data=False)")
+    if len(model.graph.sparse_initializer):
+        # Sparse initializers (a pruned model written compactly) become dense ones, so that inspection, sparsity
+        # measurement and the passes read plain initializers; what a sparse tensor may expand to is bounded.
+        from deepopt_core.formats.onnx_sparse import densify_onnx
+
+        try:
+            model = densify_onnx(model, copy=False)
+        except (ValueError, TypeError) as exc:
+            raise InvalidModel(f"the ONNX model has an invalid sparse initializer: {exc}") from None
     return model
 
 
@@ -95,7 +104,8 @@ def external_locations(model: onnx.ModelProto) -> list[str]:
     from onnx.external_data_helper import _get_all_tensors
 
     locations = []
-    for tensor in _get_all_tensors(model):
+    sparse = [t for s in model.graph.sparse_initializer for t in (s.values, s.indices)]
+    for tensor in [*_get_all_tensors(model), *sparse]:
         if tensor.data_location == TensorProto.EXTERNAL:
             entries = {e.key: e.value for e in tensor.external_data}
             locations.append(entries.get("location", ""))

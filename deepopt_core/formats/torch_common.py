@@ -64,7 +64,7 @@ def prunable_params(module: nn.Module) -> dict[str, torch.Tensor]:
                     tensor = get_attr(module, str(weight.target))
                     if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.dim() >= 2:
                         found[str(weight.target).removesuffix(".weight").removeprefix(HF_PREFIX)] = tensor
-        return found
+        # A graph may also call Linear/Conv submodules (a lifted program, an ONNX model converted to torch).
     for name, sub in module.named_modules():
         if kind_of(sub) in PRUNABLE_KINDS:
             weight = getattr(sub, "weight", None)

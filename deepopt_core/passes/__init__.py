@@ -5,6 +5,7 @@ the implementation module with `apply_onnx` and/or `apply_torch`, one `register_
 test matrix (`tests/deepopt_core/test_passes.py`) and a paragraph in the README.
 """
 
+from deepopt_core.passes.auto.config import AutoConfig
 from deepopt_core.passes.distill.config import DistillConfig
 from deepopt_core.passes.export.config import ExportConfig
 from deepopt_core.passes.finetune.config import FINETUNE_CONFIGS
@@ -17,3 +18,4 @@ register_pass("prune", PRUNE_CONFIGS, "deepopt_core.passes.prune.impl", ("onnx",
 register_pass("export", ExportConfig, "deepopt_core.passes.export.impl", ("torch",))
 register_pass("distill", DistillConfig, "deepopt_core.passes.distill.impl", ("torch",))
 register_pass("finetune", FINETUNE_CONFIGS, "deepopt_core.passes.finetune.impl", ("torch",), "method")
+register_pass("auto", AutoConfig, "deepopt_core.passes.auto.impl", ("onnx",))

@@ -7,10 +7,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+def _type_is_required(schema: dict[str, Any]) -> None:
+    """A job's `passes` is a union discriminated by `type`: a pass without it is a 422, so the schema says it is
+    required, although the config classes default it (`QuantizeConfig()` in Python needs no `type`)."""
+    if "type" in schema.get("properties", {}):
+        required = schema.setdefault("required", [])
+        if "type" not in required:
+            required.insert(0, "type")
+
+
 class PassConfig(BaseModel):
     """Base of pass configs: unknown fields are errors, and a stored spec records its schema version."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_type_is_required)
 
     version: int = 1
 

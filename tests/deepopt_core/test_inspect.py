@@ -30,6 +30,46 @@ def test_inspect_onnx_digits(digits):
     assert info.opset == 17
 
 
+def _sparse_model(tmp_path, dims, values, indices, external=None):
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.asarray(values, np.float32), "w"),
+                                       numpy_helper.from_array(np.asarray(indices, np.int64), "w_indices"), dims)
+    if external:
+        sparse.values.data_location = TensorProto.EXTERNAL
+        entry = sparse.values.external_data.add()
+        entry.key, entry.value = "location", external
+        sparse.values.ClearField("raw_data")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dims[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dims[1]])], sparse_initializer=[sparse],
+    )  # fmt: skip
+    path = tmp_path / "sparse.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return path
+
+
+def test_onnx_sparse_initializers_are_read_dense_within_limits(tmp_path):
+    """A pruned artifact written with sparse initializers inspects like its dense form; a sparse tensor that would
+    expand past the limits, point outside its shape or read an external file is refused."""
+    from deepopt_core.formats.onnx_inspect import load_onnx
+    from deepopt_core.sparsity import onnx_sparsity
+
+    path = _sparse_model(tmp_path, [8, 4], [1.0, -2.0, 3.0], [0, 13, 31])
+    info = inspect_onnx(path)
+    assert info.num_parameters == 32 and info.prunable_layers == 1
+    model = load_onnx(path)
+    assert not model.graph.sparse_initializer and numpy_helper.to_array(model.graph.initializer[0])[3, 1] == -2.0
+    assert onnx_sparsity(model).layers == {"MatMul_0": pytest.approx(29 / 32)}
+    for dims, values, indices, words in (([2**16, 2**16], [1.0], [0], "more than"), ([8, 4], [1.0], [32], "outside"),
+                                         ([8, 4], [1.0, 2.0], [0], "outside")):
+        with pytest.raises(InvalidModel, match=words):
+            load_onnx(_sparse_model(tmp_path, dims, values, indices))
+    with pytest.raises(UnsafeContent, match="outside"):
+        load_onnx(_sparse_model(tmp_path, [8, 4], [1.0], [0], external="/etc/passwd"))
+    with pytest.raises(InvalidModel, match="external data"):
+        load_onnx(_sparse_model(tmp_path, [8, 4], [1.0], [0], external="w.bin"))
+
+
 def _external_model(folder, location):
     weight = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
     graph = helper.make_graph(

@@ -17,7 +17,8 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `"admin": 0` or `"admin": "yes"` is a 422, not silently a bool.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     tenant: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     name: str = Field("", max_length=255)

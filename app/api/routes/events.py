@@ -5,7 +5,8 @@ The stream re-reads the job row (the truth) every `events_poll_s` and sends a `s
 backend behaves the same, and any API replica can serve any stream.
 
 Events (each `data:` is one line of JSON):
-- `event: state`, `id: <version>`: `{"job_id", "version", "status", "stage", "progress", "attempts", "error"}`;
+- `event: state`, `id: <version>`: `{"job_id", "version", "status", "stage", "progress", "metrics", "attempts",
+  "error"}`;
 - `event: job`, `id: <version>-end`: the whole job (as `GET /v1/jobs/{id}`) once it has ended; then the stream
   closes.
 A client that reconnects with `Last-Event-ID: <version>` gets only what changed after that version; with the id

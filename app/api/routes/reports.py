@@ -28,7 +28,7 @@ def job_report(job_id: str, session: SessionDep, tenant: TenantDep, storage: Sto
 def compare(
     session: SessionDep,
     tenant: TenantDep,
-    jobs: Annotated[str, Query(description="Comma-separated job ids, all on the same model.")],
+    jobs: Annotated[str, Query(min_length=1, description="Comma-separated job ids, all on the same model.")],
 ) -> Comparison:
     """One table of the artifacts of several jobs on the same model, each against the original."""
     ids = [j.strip() for j in jobs.split(",") if j.strip()]

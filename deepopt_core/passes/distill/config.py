@@ -99,7 +99,7 @@ class DistillConfig(TrainingConfig):
             if student is None:
                 problems.append((("student", "model_id"), "no such model"))
             else:
-                problems.extend(_pair_problems(student, teacher))
+                problems.extend(_pair_problems(student, teacher, ("student", "model_id")))
         elif self.student is not None and context.model.get("format") == "torchscript":
             problems.append((("student",), "a TorchScript model cannot be restructured into a student; upload a "
                              ".pt2 or Hugging Face model, or give student.model_id"))
@@ -108,22 +108,23 @@ class DistillConfig(TrainingConfig):
                              "program calls its layers by name (use width_ratio or student.model_id)"))
         if self.attention_loss and teacher.get("format") != "hf":
             problems.append((("attention_loss",), "attention maps come from Hugging Face teachers only"))
-        if self.teacher is not None and self.student is None and context.model.get("format") not in TORCH_FORMATS:
-            problems.append((("student",), "the job's model is the student here and must be a PyTorch model"))
+        if self.teacher is not None and self.student is None and teacher is not context.model:
+            # The job's model is the student here.
+            problems.extend(_pair_problems(context.model, teacher, ("student",)))
         return problems
 
 
-def _pair_problems(student: dict, teacher: dict) -> Problems:
+def _pair_problems(student: dict, teacher: dict, field: tuple[str, ...]) -> Problems:
     problems: Problems = []
     if student.get("format") not in TORCH_FORMATS:
-        problems.append((("student", "model_id"), "the student must be a PyTorch model (TorchScript, .pt2 or "
-                         "Hugging Face) to be trained"))
+        problems.append((field, "the student must be a PyTorch model (TorchScript, .pt2 or Hugging Face) to be "
+                         "trained"))
     s_params, t_params = int(student.get("num_parameters") or 0), int(teacher.get("num_parameters") or 0)
     if s_params and t_params and s_params >= t_params:
-        problems.append((("student", "model_id"), f"the student ({s_params:,} parameters) is not smaller than "
-                         f"the teacher ({t_params:,})"))
+        problems.append((field, f"the student ({s_params:,} parameters) is not smaller than the teacher "
+                         f"({t_params:,})"))
     s_inputs = [t.get("name") for t in student.get("inputs", [])]
     t_inputs = [t.get("name") for t in teacher.get("inputs", [])]
     if s_inputs and t_inputs and not set(s_inputs) <= set(t_inputs) | {"token_type_ids"}:
-        problems.append((("student", "model_id"), f"the student's inputs {s_inputs} are not the teacher's {t_inputs}"))
+        problems.append((field, f"the student's inputs {s_inputs} are not the teacher's {t_inputs}"))
     return problems

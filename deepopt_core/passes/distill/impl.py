@@ -48,12 +48,9 @@ class Runner:
         self.hf = False
         self.taps: L.Taps | None = None
         if not isinstance(model, nn.Module):  # an ONNX ModelProto
-            import onnxruntime as ort
+            from deepopt_core.formats.ort_session import inference_session
 
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            self.session = ort.InferenceSession(model.SerializeToString(), options,
-                                                providers=["CPUExecutionProvider"])
+            self.session = inference_session(model.SerializeToString())
             self.onnx_inputs = [i.name for i in self.session.get_inputs()]
             self.module: nn.Module | None = None
             return
@@ -94,7 +91,8 @@ def _student(spec: DistillConfig, model: Any, ctx: PassContext) -> tuple[Any, di
             raise PassFailed("the student must be a PyTorch model")
         return handle.model, {"student": spec.student.model_id}, handle
     core = unwrap(model)
-    student, facts = derive(core, spec.student.keep_every, spec.student.width_ratio, spec.student.init)
+    student, facts = derive(core, spec.student.keep_every, spec.student.width_ratio, spec.student.init,
+                            spec.seed)
     facts["student"] = "derived"
     return (rewrap(model, student) if is_hf(model) else student), facts, None
 

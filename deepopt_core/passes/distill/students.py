@@ -264,9 +264,10 @@ def reinitialise(module: nn.Module) -> None:
             sub.reset_parameters()
 
 
-def derive(core: nn.Module, keep_every: int | None, width_ratio: float | None, init: str) -> tuple[
+def derive(core: nn.Module, keep_every: int | None, width_ratio: float | None, init: str, seed: int = 0) -> tuple[
         nn.Module, dict[str, Any]]:
-    """A student derived from the teacher module `core` (which is left untouched).
+    """A student derived from the teacher module `core` (which is left untouched); `seed` seeds the fresh
+    weights of `init="random"`.
 
     Returns:
         (student, facts: kept layer indices, widths).
@@ -289,6 +290,6 @@ def derive(core: nn.Module, keep_every: int | None, width_ratio: float | None, i
         else:
             facts["widths"] = shrink_chain(student, width_ratio)
     if init == "random":
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         reinitialise(student)
     return student, facts

@@ -40,9 +40,8 @@ def apply_torch(spec: ExportConfig | None, model: Any, ctx: PassContext) -> onnx
     Raises:
         PassFailed: the exporters failed, or the graph fails the checker or ONNX Runtime.
     """
-    import onnxruntime as ort
-
     from deepopt_core.formats.onnx import export_to_onnx
+    from deepopt_core.formats.ort_session import inference_session
     from deepopt_core.formats.torch_common import run_module
 
     spec = spec or ExportConfig()
@@ -61,9 +60,7 @@ def apply_torch(spec: ExportConfig | None, model: Any, ctx: PassContext) -> onnx
         except onnx.checker.ValidationError as exc:
             raise PassFailed(f"export: the exported graph fails the ONNX checker: {str(exc)[:300]}") from None
         try:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = inference_session(str(path))
             feed = {i.name: ctx.sample[i.name] for i in session.get_inputs()}
             got = session.run(None, feed)
         except Exception as exc:

@@ -415,7 +415,8 @@ def snapshot(model: nn.Module) -> nn.Module:
     """A frozen deep copy of the model in eval mode (the teacher for distillation)."""
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
-        p.requires_grad_(False)
+        if p.is_leaf:  # a copied TorchScript module's parameters are not leaves; it runs under no_grad anyway
+            p.requires_grad_(False)
     return teacher
 
 

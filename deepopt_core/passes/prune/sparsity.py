@@ -24,9 +24,9 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from deepopt_core.formats.onnx_sparse import compact_onnx, densify_onnx
 from deepopt_core.formats.torch_common import kind_of, unwrap
 from deepopt_core.sparsity import SparsityReport, onnx_sparsity
 
@@ -282,28 +282,6 @@ def make_report(method: str, model: nn.Module, layers: Iterable[str], target: fl
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def densify_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with every ``sparse_initializer`` turned back into a dense initializer."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for sparse in list(out.graph.sparse_initializer):
-        dense = _sparse_to_dense(sparse)
-        out.graph.initializer.append(dense)
-    del out.graph.sparse_initializer[:]
-    return out
-
-
-def _sparse_to_dense(sparse: onnx.SparseTensorProto) -> TensorProto:
-    values = numpy_helper.to_array(sparse.values)
-    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
-    dims = tuple(int(d) for d in sparse.dims)
-    dense = np.zeros(int(np.prod(dims)) if dims else 1, dtype=values.dtype)
-    if indices.ndim == 2:  # [nnz, rank] coordinates
-        indices = np.ravel_multi_index(tuple(indices.T), dims)
-    dense[indices] = values
-    return numpy_helper.from_array(dense.reshape(dims), sparse.values.name)
-
-
 def onnx_measured_sparsity(model: onnx.ModelProto) -> SparsityReport:
     """Sparsity of the MatMul/Gemm/Conv weights of an ONNX model, per layer and overall (sparse initializers too)."""
     return onnx_sparsity(densify_onnx(model) if len(model.graph.sparse_initializer) else model)
@@ -322,57 +300,6 @@ class CompactReport:
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
-
-
-def compact_onnx(
-    model: onnx.ModelProto, *, min_sparsity: float = 0.0, index_dtype: Literal["int64", "smallest"] = "int64"
-) -> tuple[onnx.ModelProto, list[str]]:
-    """Move float initializers to ``graph.sparse_initializer`` (COO, linear indices) where that is smaller.
-
-    ONNX Runtime densifies sparse initializers when it loads the model, so the result runs unchanged (same
-    outputs, same latency); only the file shrinks. With int64 indices (the only kind ``onnx.checker`` accepts),
-    an fp32 tensor shrinks above 2/3 sparsity; ``index_dtype="smallest"`` uses int32/int16 indices, which ONNX
-    Runtime loads but ``onnx.checker`` refuses.
-
-    Args:
-        model: the pruned model (not modified).
-        min_sparsity: leave tensors with fewer zeros dense even when smaller.
-        index_dtype: ``"int64"`` (standard) or ``"smallest"`` (ONNX Runtime only).
-
-    Returns:
-        (the compact copy, names of the initializers stored sparse).
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph_inputs = {i.name for i in out.graph.input}
-    keep: list[TensorProto] = []
-    moved: list[str] = []
-    float_types = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
-    for init in out.graph.initializer:
-        if init.data_type not in float_types or init.name in graph_inputs or init.data_location != 0:
-            keep.append(init)
-            continue
-        array = numpy_helper.to_array(init)
-        flat = array.reshape(-1)
-        nonzero = np.flatnonzero(flat)
-        if array.size == 0 or 1.0 - nonzero.size / array.size < min_sparsity:
-            keep.append(init)
-            continue
-        itype: type[np.integer[Any]] = np.int64
-        if index_dtype == "smallest":
-            itype = np.int16 if array.size <= np.iinfo(np.int16).max else (
-                np.int32 if array.size <= np.iinfo(np.int32).max else np.int64)
-        sparse_bytes = nonzero.size * (flat.itemsize + np.dtype(itype).itemsize)
-        if sparse_bytes >= array.nbytes:
-            keep.append(init)
-            continue
-        values = numpy_helper.from_array(flat[nonzero], init.name)
-        indices = numpy_helper.from_array(nonzero.astype(itype), init.name + "__indices")
-        out.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(array.shape)))
-        moved.append(init.name)
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(keep)
-    return out, moved
 
 
 def save_compact_onnx(

@@ -81,6 +81,13 @@ _PASS_FUNCTIONS = {
     F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.hardswish,
 }  # fmt: skip
 _PASS_METHODS = {"relu", "sigmoid", "tanh"}
+# The same element-wise ops and pools as aten calls, in the graph of a ``torch.export`` program (lifted to modules).
+_PASS_ATEN = {
+    f"aten.{op}.default" for op in (
+        "relu", "relu_", "gelu", "silu", "tanh", "sigmoid", "dropout", "clone", "hardtanh", "leaky_relu", "elu",
+        "hardswish", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool2d",
+    )
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,11 +266,14 @@ def _encoder_layer_groups(root: nn.Module, kinds: set[str]) -> list[UnitGroup]:
 
 def _traced_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
     """Linear->Linear and Conv->[BN]->...->Conv/Linear chains of a module that ``torch.fx`` can trace."""
-    try:
-        graph = torch.fx.symbolic_trace(root).graph
-    except Exception as exc:  # noqa: BLE001 (any tracing failure means: no traced chains)
-        log.debug("structured: torch.fx cannot trace the model (%s)", exc)
-        return []
+    if isinstance(root, torch.fx.GraphModule):  # a torch.export program: its graph already holds the chains
+        graph = root.graph
+    else:
+        try:
+            graph = torch.fx.symbolic_trace(root).graph
+        except Exception as exc:  # noqa: BLE001 (any tracing failure means: no traced chains)
+            log.debug("structured: torch.fx cannot trace the model (%s)", exc)
+            return []
     modules = dict(root.named_modules())
     groups = []
     for node in graph.nodes:
@@ -303,10 +313,10 @@ def _traced_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
                 elif not isinstance(module, _PASS_MODULES):
                     break
             elif user.op == "call_function":
-                if user.target is torch.flatten and is_conv and (user.args[1:2] == (1,) or user.kwargs.get(
-                        "start_dim") == 1):
+                flatten = user.target is torch.flatten or str(user.target) == "aten.flatten.using_ints"
+                if flatten and is_conv and (user.args[1:2] == (1,) or user.kwargs.get("start_dim") == 1):
                     flattened = True
-                elif user.target not in _PASS_FUNCTIONS:
+                elif user.target not in _PASS_FUNCTIONS and str(user.target) not in _PASS_ATEN:
                     break
             elif user.op == "call_method":
                 if user.target == "flatten" and is_conv and (user.args[1:2] == (1,) or user.kwargs.get(

@@ -61,17 +61,10 @@ _NP_BY_ORT = {
 
 def make_session(model: str | Path | bytes | onnx.ModelProto, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session (all graph optimizations) from a path, bytes or a ModelProto."""
-    import onnxruntime as ort
+    from deepopt_core.formats.ort_session import inference_session, session_options
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    elif isinstance(model, Path):
-        model = str(model)
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return inference_session(str(source) if isinstance(source, Path) else source, session_options(threads))
 
 
 def adapt_feed(session: Any, feed: Feed) -> dict[str, np.ndarray]:

@@ -168,6 +168,9 @@ def test_submit_time_checks():
     assert "Hugging Face teachers" in problems({"student": {"width_ratio": 0.5}, "attention_loss": 1.0})[0]
     onnx_student = {"format": "onnx", "num_parameters": 10, "inputs": [{"name": "input"}]}
     assert "PyTorch" in problems({"student": {"model_id": "o"}}, models={"o": onnx_student})[0]
+    # The job's model as the student of a named teacher: it too must be smaller.
+    assert "not smaller" in problems({"teacher": {"model_id": "o"}}, models={"o": onnx_student})[0]
+    assert problems({"teacher": {"model_id": "big"}}, models={"big": big}) == []
     spec = DistillConfig.model_validate({"type": "distill", "student": {"model_id": "s"}, "teacher": {"model_id": "t"},
                                          "steps": 5})
     assert referenced_models(spec) == ["s", "t"] and spec.max_steps == 5

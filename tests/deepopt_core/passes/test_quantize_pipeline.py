@@ -63,7 +63,7 @@ def data(digits: dict[str, Path]) -> dict[str, Path]:
 
 @pytest.mark.parametrize(("spec", "max_size", "min_fidelity", "ops"), [
     ({"mode": "dynamic"}, 0.35, 0.9995, {"MatMulInteger": 3}),
-    ({"mode": "static", "calibration": "minmax"}, 0.37, 0.999, {"QuantizeLinear": 4}),
+    ({"mode": "static", "calibration": "minmax"}, 0.37, 0.997, {"QuantizeLinear": 4}),
     ({"mode": "static", "calibration": "entropy", "per_channel": False, "num_samples": 96}, 0.37, 0.998, {}),
     ({"mode": "weight_only", "weight_dtype": "int4"}, 0.22, 0.998, {"MatMulNBits": 3}),
     ({"mode": "weight_only", "weight_dtype": "int8", "block_size": 64}, 0.33, 0.99995, {"MatMulNBits": 3}),

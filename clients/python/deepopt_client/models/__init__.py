@@ -5,6 +5,11 @@ from .accuracy_guard_metric import AccuracyGuardMetric
 from .arrays import Arrays
 from .artifact_read import ArtifactRead
 from .artifact_read_kind import ArtifactReadKind
+from .auto_budget import AutoBudget
+from .auto_config import AutoConfig
+from .auto_config_allowed_item import AutoConfigAllowedItem
+from .auto_config_metric_type_0 import AutoConfigMetricType0
+from .auto_config_objective import AutoConfigObjective
 from .benchmark_read import BenchmarkRead
 from .benchmark_settings import BenchmarkSettings
 from .benchmark_settings_graph_optimization_level import BenchmarkSettingsGraphOptimizationLevel
@@ -22,6 +27,8 @@ from .dynamic_quantize_config_fusion import DynamicQuantizeConfigFusion
 from .dynamic_quantize_config_weight_dtype import DynamicQuantizeConfigWeightDtype
 from .export_config import ExportConfig
 from .field_problem import FieldProblem
+from .fine_tune_settings import FineTuneSettings
+from .fine_tune_settings_method import FineTuneSettingsMethod
 from .fp_16_quantize_config import Fp16QuantizeConfig
 from .full_finetune_config import FullFinetuneConfig
 from .full_finetune_config_device import FullFinetuneConfigDevice
@@ -35,6 +42,7 @@ from .job_create_outputs_type_0_item import JobCreateOutputsType0Item
 from .job_error import JobError
 from .job_read import JobRead
 from .job_read_decisions_item import JobReadDecisionsItem
+from .job_read_metrics_type_0 import JobReadMetricsType0
 from .job_read_status import JobReadStatus
 from .key_create import KeyCreate
 from .key_created import KeyCreated
@@ -50,6 +58,11 @@ from .magnitude_prune_config import MagnitudePruneConfig
 from .magnitude_prune_config_scope import MagnitudePruneConfigScope
 from .metrics import Metrics
 from .model_read import ModelRead
+from .nm_prune_config import NMPruneConfig
+from .nm_prune_config_selection import NMPruneConfigSelection
+from .obs_prune_config import ObsPruneConfig
+from .obs_prune_config_scope import ObsPruneConfigScope
+from .obs_prune_config_update import ObsPruneConfigUpdate
 from .page_job_read import PageJobRead
 from .page_model_read import PageModelRead
 from .parallel_adapter_finetune_config import ParallelAdapterFinetuneConfig
@@ -64,6 +77,7 @@ from .prefix_finetune_config_mixed_precision import PrefixFinetuneConfigMixedPre
 from .prefix_finetune_config_task import PrefixFinetuneConfigTask
 from .problem import Problem
 from .response_healthz import ResponseHealthz
+from .schedule import Schedule
 from .series_adapter_finetune_config import SeriesAdapterFinetuneConfig
 from .series_adapter_finetune_config_device import SeriesAdapterFinetuneConfigDevice
 from .series_adapter_finetune_config_head import SeriesAdapterFinetuneConfigHead
@@ -75,6 +89,10 @@ from .static_quantize_config_activation_dtype import StaticQuantizeConfigActivat
 from .static_quantize_config_calibration import StaticQuantizeConfigCalibration
 from .static_quantize_config_fusion import StaticQuantizeConfigFusion
 from .static_quantize_config_quant_format import StaticQuantizeConfigQuantFormat
+from .structured_prune_config import StructuredPruneConfig
+from .structured_prune_config_importance import StructuredPruneConfigImportance
+from .structured_prune_config_scope import StructuredPruneConfigScope
+from .structured_prune_config_units_type_0_item import StructuredPruneConfigUnitsType0Item
 from .student_config import StudentConfig
 from .student_config_init import StudentConfigInit
 from .teacher_config import TeacherConfig
@@ -97,6 +115,11 @@ __all__ = (
     "Arrays",
     "ArtifactRead",
     "ArtifactReadKind",
+    "AutoBudget",
+    "AutoConfig",
+    "AutoConfigAllowedItem",
+    "AutoConfigMetricType0",
+    "AutoConfigObjective",
     "BenchmarkRead",
     "BenchmarkSettings",
     "BenchmarkSettingsGraphOptimizationLevel",
@@ -114,6 +137,8 @@ __all__ = (
     "DynamicQuantizeConfigWeightDtype",
     "ExportConfig",
     "FieldProblem",
+    "FineTuneSettings",
+    "FineTuneSettingsMethod",
     "Fp16QuantizeConfig",
     "FullFinetuneConfig",
     "FullFinetuneConfigDevice",
@@ -127,6 +152,7 @@ __all__ = (
     "JobError",
     "JobRead",
     "JobReadDecisionsItem",
+    "JobReadMetricsType0",
     "JobReadStatus",
     "KeyCreate",
     "KeyCreated",
@@ -142,6 +168,11 @@ __all__ = (
     "MagnitudePruneConfigScope",
     "Metrics",
     "ModelRead",
+    "NMPruneConfig",
+    "NMPruneConfigSelection",
+    "ObsPruneConfig",
+    "ObsPruneConfigScope",
+    "ObsPruneConfigUpdate",
     "PageJobRead",
     "PageModelRead",
     "ParallelAdapterFinetuneConfig",
@@ -156,6 +187,7 @@ __all__ = (
     "PrefixFinetuneConfigTask",
     "Problem",
     "ResponseHealthz",
+    "Schedule",
     "SeriesAdapterFinetuneConfig",
     "SeriesAdapterFinetuneConfigDevice",
     "SeriesAdapterFinetuneConfigHead",
@@ -167,6 +199,10 @@ __all__ = (
     "StaticQuantizeConfigCalibration",
     "StaticQuantizeConfigFusion",
     "StaticQuantizeConfigQuantFormat",
+    "StructuredPruneConfig",
+    "StructuredPruneConfigImportance",
+    "StructuredPruneConfigScope",
+    "StructuredPruneConfigUnitsType0Item",
     "StudentConfig",
     "StudentConfigInit",
     "TeacherConfig",

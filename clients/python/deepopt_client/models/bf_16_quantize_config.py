@@ -19,8 +19,8 @@ class Bf16QuantizeConfig:
     weights and compute. Kalamkar et al., 2019, https://arxiv.org/abs/1905.12322
 
         Attributes:
+            type_ (Literal['quantize']): The pass: `quantize`; `mode` selects the variant. Default: 'quantize'.
             version (int | Unset):  Default: 1.
-            type_ (Literal['quantize'] | Unset): The pass: `quantize`; `mode` selects the variant. Default: 'quantize'.
             exclude (list[str] | Unset): Node names, op types or glob patterns of nodes to leave in float (ONNX; layer names
                 such as `fc1` and weight names such as `fc1.weight` work too), or layer names (PyTorch).
             keep_io_types (bool | Unset): Keep the model's float inputs and outputs in float32 (casts at the edges); false:
@@ -28,16 +28,16 @@ class Bf16QuantizeConfig:
             mode (Literal['bf16'] | Unset): bfloat16 weights and compute. Default: 'bf16'.
     """
 
+    type_: Literal["quantize"] = "quantize"
     version: int | Unset = 1
-    type_: Literal["quantize"] | Unset = "quantize"
     exclude: list[str] | Unset = UNSET
     keep_io_types: bool | Unset = True
     mode: Literal["bf16"] | Unset = "bf16"
 
     def to_dict(self) -> dict[str, Any]:
-        version = self.version
-
         type_ = self.type_
+
+        version = self.version
 
         exclude: list[str] | Unset = UNSET
         if not isinstance(self.exclude, Unset):
@@ -49,11 +49,13 @@ class Bf16QuantizeConfig:
 
         field_dict: dict[str, Any] = {}
 
-        field_dict.update({})
+        field_dict.update(
+            {
+                "type": type_,
+            }
+        )
         if version is not UNSET:
             field_dict["version"] = version
-        if type_ is not UNSET:
-            field_dict["type"] = type_
         if exclude is not UNSET:
             field_dict["exclude"] = exclude
         if keep_io_types is not UNSET:
@@ -66,11 +68,11 @@ class Bf16QuantizeConfig:
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
         d = dict(src_dict)
-        version = d.pop("version", UNSET)
-
-        type_ = cast(Literal["quantize"] | Unset, d.pop("type", UNSET))
-        if type_ != "quantize" and not isinstance(type_, Unset):
+        type_ = cast(Literal["quantize"], d.pop("type"))
+        if type_ != "quantize":
             raise ValueError(f"type must match const 'quantize', got '{type_}'")
+
+        version = d.pop("version", UNSET)
 
         exclude = cast(list[str], d.pop("exclude", UNSET))
 
@@ -81,8 +83,8 @@ class Bf16QuantizeConfig:
             raise ValueError(f"mode must match const 'bf16', got '{mode}'")
 
         bf_16_quantize_config = cls(
-            version=version,
             type_=type_,
+            version=version,
             exclude=exclude,
             keep_io_types=keep_io_types,
             mode=mode,

@@ -32,6 +32,7 @@ class DistillConfig:
     Kurtic et al., 2022, https://arxiv.org/abs/2203.07259, distils a pruned model from the dense one).
 
         Attributes:
+            type_ (Literal['distill']):  Default: 'distill'.
             version (int | Unset):  Default: 1.
             epochs (int | None | Unset): Passes over the training data (default 3).
             steps (int | None | Unset): Optimizer steps (`steps` is accepted too).
@@ -52,7 +53,6 @@ class DistillConfig:
             seed (int | Unset):  Default: 0.
             device (DistillConfigDevice | Unset): Where to train; auto: cuda when present. Default:
                 DistillConfigDevice.AUTO.
-            type_ (Literal['distill'] | Unset):  Default: 'distill'.
             student (None | StudentConfig | Unset): None: the model as the passes before left it (a pruned model), the
                 original teaching.
             teacher (None | TeacherConfig | Unset): None: the uploaded model of the job.
@@ -66,6 +66,7 @@ class DistillConfig:
             preserve_sparsity (bool | Unset): Keep a pruned student's zeros at zero. Default: True.
     """
 
+    type_: Literal["distill"] = "distill"
     version: int | Unset = 1
     epochs: int | None | Unset = UNSET
     steps: int | None | Unset = UNSET
@@ -83,7 +84,6 @@ class DistillConfig:
     max_length: int | Unset = 128
     seed: int | Unset = 0
     device: DistillConfigDevice | Unset = DistillConfigDevice.AUTO
-    type_: Literal["distill"] | Unset = "distill"
     student: None | StudentConfig | Unset = UNSET
     teacher: None | TeacherConfig | Unset = UNSET
     temperature: float | Unset = 4.0
@@ -96,6 +96,8 @@ class DistillConfig:
     def to_dict(self) -> dict[str, Any]:
         from ..models.student_config import StudentConfig  # noqa: PLC0415
         from ..models.teacher_config import TeacherConfig  # noqa: PLC0415
+
+        type_ = self.type_
 
         version = self.version
 
@@ -159,8 +161,6 @@ class DistillConfig:
         if not isinstance(self.device, Unset):
             device = self.device.value
 
-        type_ = self.type_
-
         student: dict[str, Any] | None | Unset
         if isinstance(self.student, Unset):
             student = UNSET
@@ -196,7 +196,11 @@ class DistillConfig:
 
         field_dict: dict[str, Any] = {}
 
-        field_dict.update({})
+        field_dict.update(
+            {
+                "type": type_,
+            }
+        )
         if version is not UNSET:
             field_dict["version"] = version
         if epochs is not UNSET:
@@ -231,8 +235,6 @@ class DistillConfig:
             field_dict["seed"] = seed
         if device is not UNSET:
             field_dict["device"] = device
-        if type_ is not UNSET:
-            field_dict["type"] = type_
         if student is not UNSET:
             field_dict["student"] = student
         if teacher is not UNSET:
@@ -258,6 +260,10 @@ class DistillConfig:
         from ..models.teacher_config import TeacherConfig  # noqa: PLC0415
 
         d = dict(src_dict)
+        type_ = cast(Literal["distill"], d.pop("type"))
+        if type_ != "distill":
+            raise ValueError(f"type must match const 'distill', got '{type_}'")
+
         version = d.pop("version", UNSET)
 
         def _parse_epochs(data: object) -> int | None | Unset:
@@ -344,10 +350,6 @@ class DistillConfig:
         else:
             device = DistillConfigDevice(_device)
 
-        type_ = cast(Literal["distill"] | Unset, d.pop("type", UNSET))
-        if type_ != "distill" and not isinstance(type_, Unset):
-            raise ValueError(f"type must match const 'distill', got '{type_}'")
-
         def _parse_student(data: object) -> None | StudentConfig | Unset:
             if data is None:
                 return data
@@ -402,6 +404,7 @@ class DistillConfig:
         preserve_sparsity = d.pop("preserve_sparsity", UNSET)
 
         distill_config = cls(
+            type_=type_,
             version=version,
             epochs=epochs,
             steps=steps,
@@ -419,7 +422,6 @@ class DistillConfig:
             max_length=max_length,
             seed=seed,
             device=device,
-            type_=type_,
             student=student,
             teacher=teacher,
             temperature=temperature,

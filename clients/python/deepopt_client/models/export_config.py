@@ -17,23 +17,23 @@ class ExportConfig:
     The exported graph is checked with the ONNX checker and run in ONNX Runtime against the PyTorch model.
 
         Attributes:
+            type_ (Literal['export']):  Default: 'export'.
             version (int | Unset):  Default: 1.
-            type_ (Literal['export'] | Unset):  Default: 'export'.
             format_ (Literal['onnx'] | Unset):  Default: 'onnx'.
             opset (int | Unset): ONNX opset version of the exported graph. Default: 17.
             dynamic_batch (bool | Unset): Export with a symbolic batch dimension. Default: True.
     """
 
+    type_: Literal["export"] = "export"
     version: int | Unset = 1
-    type_: Literal["export"] | Unset = "export"
     format_: Literal["onnx"] | Unset = "onnx"
     opset: int | Unset = 17
     dynamic_batch: bool | Unset = True
 
     def to_dict(self) -> dict[str, Any]:
-        version = self.version
-
         type_ = self.type_
+
+        version = self.version
 
         format_ = self.format_
 
@@ -43,11 +43,13 @@ class ExportConfig:
 
         field_dict: dict[str, Any] = {}
 
-        field_dict.update({})
+        field_dict.update(
+            {
+                "type": type_,
+            }
+        )
         if version is not UNSET:
             field_dict["version"] = version
-        if type_ is not UNSET:
-            field_dict["type"] = type_
         if format_ is not UNSET:
             field_dict["format"] = format_
         if opset is not UNSET:
@@ -60,11 +62,11 @@ class ExportConfig:
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
         d = dict(src_dict)
-        version = d.pop("version", UNSET)
-
-        type_ = cast(Literal["export"] | Unset, d.pop("type", UNSET))
-        if type_ != "export" and not isinstance(type_, Unset):
+        type_ = cast(Literal["export"], d.pop("type"))
+        if type_ != "export":
             raise ValueError(f"type must match const 'export', got '{type_}'")
+
+        version = d.pop("version", UNSET)
 
         format_ = cast(Literal["onnx"] | Unset, d.pop("format", UNSET))
         if format_ != "onnx" and not isinstance(format_, Unset):
@@ -75,8 +77,8 @@ class ExportConfig:
         dynamic_batch = d.pop("dynamic_batch", UNSET)
 
         export_config = cls(
-            version=version,
             type_=type_,
+            version=version,
             format_=format_,
             opset=opset,
             dynamic_batch=dynamic_batch,

@@ -19,6 +19,7 @@ class FullFinetuneConfig:
     """Full fine-tuning: every parameter trains (the reference the adapter methods are compared with).
 
     Attributes:
+        type_ (Literal['finetune']):  Default: 'finetune'.
         version (int | Unset):  Default: 1.
         epochs (int | None | Unset): Passes over the training data (default 3).
         max_steps (int | None | Unset): Stop after this many optimizer steps.
@@ -39,7 +40,6 @@ class FullFinetuneConfig:
         seed (int | Unset):  Default: 0.
         device (FullFinetuneConfigDevice | Unset): Where to train; auto: cuda when present. Default:
             FullFinetuneConfigDevice.AUTO.
-        type_ (Literal['finetune'] | Unset):  Default: 'finetune'.
         task (FullFinetuneConfigTask | Unset): auto: regression for float `labels` in .npz, classification otherwise.
             Default: FullFinetuneConfigTask.AUTO.
         num_labels (int | None | Unset): Classes (default: from the data).
@@ -48,6 +48,7 @@ class FullFinetuneConfig:
         method (Literal['full'] | Unset):  Default: 'full'.
     """
 
+    type_: Literal["finetune"] = "finetune"
     version: int | Unset = 1
     epochs: int | None | Unset = UNSET
     max_steps: int | None | Unset = UNSET
@@ -65,13 +66,14 @@ class FullFinetuneConfig:
     max_length: int | Unset = 128
     seed: int | Unset = 0
     device: FullFinetuneConfigDevice | Unset = FullFinetuneConfigDevice.AUTO
-    type_: Literal["finetune"] | Unset = "finetune"
     task: FullFinetuneConfigTask | Unset = FullFinetuneConfigTask.AUTO
     num_labels: int | None | Unset = UNSET
     head: FullFinetuneConfigHead | Unset = FullFinetuneConfigHead.AUTO
     method: Literal["full"] | Unset = "full"
 
     def to_dict(self) -> dict[str, Any]:
+        type_ = self.type_
+
         version = self.version
 
         epochs: int | None | Unset
@@ -134,8 +136,6 @@ class FullFinetuneConfig:
         if not isinstance(self.device, Unset):
             device = self.device.value
 
-        type_ = self.type_
-
         task: str | Unset = UNSET
         if not isinstance(self.task, Unset):
             task = self.task.value
@@ -154,7 +154,11 @@ class FullFinetuneConfig:
 
         field_dict: dict[str, Any] = {}
 
-        field_dict.update({})
+        field_dict.update(
+            {
+                "type": type_,
+            }
+        )
         if version is not UNSET:
             field_dict["version"] = version
         if epochs is not UNSET:
@@ -189,8 +193,6 @@ class FullFinetuneConfig:
             field_dict["seed"] = seed
         if device is not UNSET:
             field_dict["device"] = device
-        if type_ is not UNSET:
-            field_dict["type"] = type_
         if task is not UNSET:
             field_dict["task"] = task
         if num_labels is not UNSET:
@@ -205,6 +207,10 @@ class FullFinetuneConfig:
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
         d = dict(src_dict)
+        type_ = cast(Literal["finetune"], d.pop("type"))
+        if type_ != "finetune":
+            raise ValueError(f"type must match const 'finetune', got '{type_}'")
+
         version = d.pop("version", UNSET)
 
         def _parse_epochs(data: object) -> int | None | Unset:
@@ -291,10 +297,6 @@ class FullFinetuneConfig:
         else:
             device = FullFinetuneConfigDevice(_device)
 
-        type_ = cast(Literal["finetune"] | Unset, d.pop("type", UNSET))
-        if type_ != "finetune" and not isinstance(type_, Unset):
-            raise ValueError(f"type must match const 'finetune', got '{type_}'")
-
         _task = d.pop("task", UNSET)
         task: FullFinetuneConfigTask | Unset
         if isinstance(_task, Unset):
@@ -323,6 +325,7 @@ class FullFinetuneConfig:
             raise ValueError(f"method must match const 'full', got '{method}'")
 
         full_finetune_config = cls(
+            type_=type_,
             version=version,
             epochs=epochs,
             max_steps=max_steps,
@@ -340,7 +343,6 @@ class FullFinetuneConfig:
             max_length=max_length,
             seed=seed,
             device=device,
-            type_=type_,
             task=task,
             num_labels=num_labels,
             head=head,

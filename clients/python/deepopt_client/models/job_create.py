@@ -10,6 +10,7 @@ from ..models.job_create_outputs_type_0_item import JobCreateOutputsType0Item
 from ..types import UNSET, Unset
 
 if TYPE_CHECKING:
+    from ..models.auto_config import AutoConfig
     from ..models.benchmark_settings import BenchmarkSettings
     from ..models.bf_16_quantize_config import Bf16QuantizeConfig
     from ..models.distill_config import DistillConfig
@@ -19,10 +20,13 @@ if TYPE_CHECKING:
     from ..models.full_finetune_config import FullFinetuneConfig
     from ..models.lora_finetune_config import LoraFinetuneConfig
     from ..models.magnitude_prune_config import MagnitudePruneConfig
+    from ..models.nm_prune_config import NMPruneConfig
+    from ..models.obs_prune_config import ObsPruneConfig
     from ..models.parallel_adapter_finetune_config import ParallelAdapterFinetuneConfig
     from ..models.prefix_finetune_config import PrefixFinetuneConfig
     from ..models.series_adapter_finetune_config import SeriesAdapterFinetuneConfig
     from ..models.static_quantize_config import StaticQuantizeConfig
+    from ..models.structured_prune_config import StructuredPruneConfig
     from ..models.weight_only_quantize_config import WeightOnlyQuantizeConfig
 
 
@@ -35,9 +39,10 @@ class JobCreate:
 
     Attributes:
         model_id (str):
-        passes (list[Bf16QuantizeConfig | DistillConfig | DynamicQuantizeConfig | ExportConfig | Fp16QuantizeConfig |
-            FullFinetuneConfig | LoraFinetuneConfig | MagnitudePruneConfig | ParallelAdapterFinetuneConfig |
-            PrefixFinetuneConfig | SeriesAdapterFinetuneConfig | StaticQuantizeConfig | WeightOnlyQuantizeConfig]):
+        passes (list[AutoConfig | Bf16QuantizeConfig | DistillConfig | DynamicQuantizeConfig | ExportConfig |
+            Fp16QuantizeConfig | FullFinetuneConfig | LoraFinetuneConfig | MagnitudePruneConfig | NMPruneConfig |
+            ObsPruneConfig | ParallelAdapterFinetuneConfig | PrefixFinetuneConfig | SeriesAdapterFinetuneConfig |
+            StaticQuantizeConfig | StructuredPruneConfig | WeightOnlyQuantizeConfig]):
         calibration_dataset_id (None | str | Unset):
         eval_dataset_id (None | str | Unset):
         train_dataset_id (None | str | Unset):
@@ -53,7 +58,8 @@ class JobCreate:
 
     model_id: str
     passes: list[
-        Bf16QuantizeConfig
+        AutoConfig
+        | Bf16QuantizeConfig
         | DistillConfig
         | DynamicQuantizeConfig
         | ExportConfig
@@ -61,10 +67,13 @@ class JobCreate:
         | FullFinetuneConfig
         | LoraFinetuneConfig
         | MagnitudePruneConfig
+        | NMPruneConfig
+        | ObsPruneConfig
         | ParallelAdapterFinetuneConfig
         | PrefixFinetuneConfig
         | SeriesAdapterFinetuneConfig
         | StaticQuantizeConfig
+        | StructuredPruneConfig
         | WeightOnlyQuantizeConfig
     ]
     calibration_dataset_id: None | str | Unset = UNSET
@@ -81,12 +90,16 @@ class JobCreate:
         from ..models.dynamic_quantize_config import DynamicQuantizeConfig  # noqa: PLC0415
         from ..models.export_config import ExportConfig  # noqa: PLC0415
         from ..models.fp_16_quantize_config import Fp16QuantizeConfig  # noqa: PLC0415
+        from ..models.full_finetune_config import FullFinetuneConfig  # noqa: PLC0415
         from ..models.lora_finetune_config import LoraFinetuneConfig  # noqa: PLC0415
         from ..models.magnitude_prune_config import MagnitudePruneConfig  # noqa: PLC0415
+        from ..models.nm_prune_config import NMPruneConfig  # noqa: PLC0415
+        from ..models.obs_prune_config import ObsPruneConfig  # noqa: PLC0415
         from ..models.parallel_adapter_finetune_config import ParallelAdapterFinetuneConfig  # noqa: PLC0415
         from ..models.prefix_finetune_config import PrefixFinetuneConfig  # noqa: PLC0415
         from ..models.series_adapter_finetune_config import SeriesAdapterFinetuneConfig  # noqa: PLC0415
         from ..models.static_quantize_config import StaticQuantizeConfig  # noqa: PLC0415
+        from ..models.structured_prune_config import StructuredPruneConfig  # noqa: PLC0415
         from ..models.weight_only_quantize_config import WeightOnlyQuantizeConfig  # noqa: PLC0415
 
         model_id = self.model_id
@@ -106,6 +119,12 @@ class JobCreate:
                 passes_item = passes_item_data.to_dict()
             elif isinstance(passes_item_data, MagnitudePruneConfig):
                 passes_item = passes_item_data.to_dict()
+            elif isinstance(passes_item_data, ObsPruneConfig):
+                passes_item = passes_item_data.to_dict()
+            elif isinstance(passes_item_data, NMPruneConfig):
+                passes_item = passes_item_data.to_dict()
+            elif isinstance(passes_item_data, StructuredPruneConfig):
+                passes_item = passes_item_data.to_dict()
             elif isinstance(passes_item_data, ExportConfig):
                 passes_item = passes_item_data.to_dict()
             elif isinstance(passes_item_data, DistillConfig):
@@ -117,6 +136,8 @@ class JobCreate:
             elif isinstance(passes_item_data, ParallelAdapterFinetuneConfig):
                 passes_item = passes_item_data.to_dict()
             elif isinstance(passes_item_data, PrefixFinetuneConfig):
+                passes_item = passes_item_data.to_dict()
+            elif isinstance(passes_item_data, FullFinetuneConfig):
                 passes_item = passes_item_data.to_dict()
             else:
                 passes_item = passes_item_data.to_dict()
@@ -194,6 +215,7 @@ class JobCreate:
 
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
+        from ..models.auto_config import AutoConfig  # noqa: PLC0415
         from ..models.benchmark_settings import BenchmarkSettings  # noqa: PLC0415
         from ..models.bf_16_quantize_config import Bf16QuantizeConfig  # noqa: PLC0415
         from ..models.distill_config import DistillConfig  # noqa: PLC0415
@@ -203,10 +225,13 @@ class JobCreate:
         from ..models.full_finetune_config import FullFinetuneConfig  # noqa: PLC0415
         from ..models.lora_finetune_config import LoraFinetuneConfig  # noqa: PLC0415
         from ..models.magnitude_prune_config import MagnitudePruneConfig  # noqa: PLC0415
+        from ..models.nm_prune_config import NMPruneConfig  # noqa: PLC0415
+        from ..models.obs_prune_config import ObsPruneConfig  # noqa: PLC0415
         from ..models.parallel_adapter_finetune_config import ParallelAdapterFinetuneConfig  # noqa: PLC0415
         from ..models.prefix_finetune_config import PrefixFinetuneConfig  # noqa: PLC0415
         from ..models.series_adapter_finetune_config import SeriesAdapterFinetuneConfig  # noqa: PLC0415
         from ..models.static_quantize_config import StaticQuantizeConfig  # noqa: PLC0415
+        from ..models.structured_prune_config import StructuredPruneConfig  # noqa: PLC0415
         from ..models.weight_only_quantize_config import WeightOnlyQuantizeConfig  # noqa: PLC0415
 
         d = dict(src_dict)
@@ -219,7 +244,8 @@ class JobCreate:
             def _parse_passes_item(
                 data: object,
             ) -> (
-                Bf16QuantizeConfig
+                AutoConfig
+                | Bf16QuantizeConfig
                 | DistillConfig
                 | DynamicQuantizeConfig
                 | ExportConfig
@@ -227,10 +253,13 @@ class JobCreate:
                 | FullFinetuneConfig
                 | LoraFinetuneConfig
                 | MagnitudePruneConfig
+                | NMPruneConfig
+                | ObsPruneConfig
                 | ParallelAdapterFinetuneConfig
                 | PrefixFinetuneConfig
                 | SeriesAdapterFinetuneConfig
                 | StaticQuantizeConfig
+                | StructuredPruneConfig
                 | WeightOnlyQuantizeConfig
             ):
                 try:
@@ -284,7 +313,7 @@ class JobCreate:
                 try:
                     if not isinstance(data, dict):
                         raise TypeError()
-                    passes_item_type_6 = ExportConfig.from_dict(data)
+                    passes_item_type_6 = ObsPruneConfig.from_dict(data)
 
                     return passes_item_type_6
                 except (TypeError, ValueError, AttributeError, KeyError):
@@ -292,7 +321,7 @@ class JobCreate:
                 try:
                     if not isinstance(data, dict):
                         raise TypeError()
-                    passes_item_type_7 = DistillConfig.from_dict(data)
+                    passes_item_type_7 = NMPruneConfig.from_dict(data)
 
                     return passes_item_type_7
                 except (TypeError, ValueError, AttributeError, KeyError):
@@ -300,7 +329,7 @@ class JobCreate:
                 try:
                     if not isinstance(data, dict):
                         raise TypeError()
-                    passes_item_type_8 = LoraFinetuneConfig.from_dict(data)
+                    passes_item_type_8 = StructuredPruneConfig.from_dict(data)
 
                     return passes_item_type_8
                 except (TypeError, ValueError, AttributeError, KeyError):
@@ -308,7 +337,7 @@ class JobCreate:
                 try:
                     if not isinstance(data, dict):
                         raise TypeError()
-                    passes_item_type_9 = SeriesAdapterFinetuneConfig.from_dict(data)
+                    passes_item_type_9 = ExportConfig.from_dict(data)
 
                     return passes_item_type_9
                 except (TypeError, ValueError, AttributeError, KeyError):
@@ -316,7 +345,7 @@ class JobCreate:
                 try:
                     if not isinstance(data, dict):
                         raise TypeError()
-                    passes_item_type_10 = ParallelAdapterFinetuneConfig.from_dict(data)
+                    passes_item_type_10 = DistillConfig.from_dict(data)
 
                     return passes_item_type_10
                 except (TypeError, ValueError, AttributeError, KeyError):
@@ -324,16 +353,48 @@ class JobCreate:
                 try:
                     if not isinstance(data, dict):
                         raise TypeError()
-                    passes_item_type_11 = PrefixFinetuneConfig.from_dict(data)
+                    passes_item_type_11 = LoraFinetuneConfig.from_dict(data)
 
                     return passes_item_type_11
                 except (TypeError, ValueError, AttributeError, KeyError):
                     pass
+                try:
+                    if not isinstance(data, dict):
+                        raise TypeError()
+                    passes_item_type_12 = SeriesAdapterFinetuneConfig.from_dict(data)
+
+                    return passes_item_type_12
+                except (TypeError, ValueError, AttributeError, KeyError):
+                    pass
+                try:
+                    if not isinstance(data, dict):
+                        raise TypeError()
+                    passes_item_type_13 = ParallelAdapterFinetuneConfig.from_dict(data)
+
+                    return passes_item_type_13
+                except (TypeError, ValueError, AttributeError, KeyError):
+                    pass
+                try:
+                    if not isinstance(data, dict):
+                        raise TypeError()
+                    passes_item_type_14 = PrefixFinetuneConfig.from_dict(data)
+
+                    return passes_item_type_14
+                except (TypeError, ValueError, AttributeError, KeyError):
+                    pass
+                try:
+                    if not isinstance(data, dict):
+                        raise TypeError()
+                    passes_item_type_15 = FullFinetuneConfig.from_dict(data)
+
+                    return passes_item_type_15
+                except (TypeError, ValueError, AttributeError, KeyError):
+                    pass
                 if not isinstance(data, dict):
                     raise TypeError()
-                passes_item_type_12 = FullFinetuneConfig.from_dict(data)
+                passes_item_type_16 = AutoConfig.from_dict(data)
 
-                return passes_item_type_12
+                return passes_item_type_16
 
             passes_item = _parse_passes_item(passes_item_data)
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ..models.benchmark_read import BenchmarkRead
     from ..models.job_error import JobError
     from ..models.job_read_decisions_item import JobReadDecisionsItem
+    from ..models.job_read_metrics_type_0 import JobReadMetricsType0
     from ..models.spec import Spec
 
 
@@ -38,6 +39,8 @@ class JobRead:
         finished_at (datetime.datetime | None):
         artifacts (list[ArtifactRead]):
         benchmarks (list[BenchmarkRead]):
+        metrics (JobReadMetricsType0 | None | Unset): Latest metrics of a training pass while it runs and after: loss,
+            step, steps, epoch.
         decisions (list[JobReadDecisionsItem] | Unset): What each pass decided (per-layer sparsity, quantized nodes,
             ...).
         warnings (list[str] | Unset): What to know before shipping an output.
@@ -56,12 +59,14 @@ class JobRead:
     finished_at: datetime.datetime | None
     artifacts: list[ArtifactRead]
     benchmarks: list[BenchmarkRead]
+    metrics: JobReadMetricsType0 | None | Unset = UNSET
     decisions: list[JobReadDecisionsItem] | Unset = UNSET
     warnings: list[str] | Unset = UNSET
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         from ..models.job_error import JobError  # noqa: PLC0415
+        from ..models.job_read_metrics_type_0 import JobReadMetricsType0  # noqa: PLC0415
 
         id = self.id
 
@@ -108,6 +113,14 @@ class JobRead:
             benchmarks_item = benchmarks_item_data.to_dict()
             benchmarks.append(benchmarks_item)
 
+        metrics: dict[str, Any] | None | Unset
+        if isinstance(self.metrics, Unset):
+            metrics = UNSET
+        elif isinstance(self.metrics, JobReadMetricsType0):
+            metrics = self.metrics.to_dict()
+        else:
+            metrics = self.metrics
+
         decisions: list[dict[str, Any]] | Unset = UNSET
         if not isinstance(self.decisions, Unset):
             decisions = []
@@ -138,6 +151,8 @@ class JobRead:
                 "benchmarks": benchmarks,
             }
         )
+        if metrics is not UNSET:
+            field_dict["metrics"] = metrics
         if decisions is not UNSET:
             field_dict["decisions"] = decisions
         if warnings is not UNSET:
@@ -151,6 +166,7 @@ class JobRead:
         from ..models.benchmark_read import BenchmarkRead  # noqa: PLC0415
         from ..models.job_error import JobError  # noqa: PLC0415
         from ..models.job_read_decisions_item import JobReadDecisionsItem  # noqa: PLC0415
+        from ..models.job_read_metrics_type_0 import JobReadMetricsType0  # noqa: PLC0415
         from ..models.spec import Spec  # noqa: PLC0415
 
         d = dict(src_dict)
@@ -234,6 +250,23 @@ class JobRead:
 
             benchmarks.append(benchmarks_item)
 
+        def _parse_metrics(data: object) -> JobReadMetricsType0 | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            try:
+                if not isinstance(data, dict):
+                    raise TypeError()
+                metrics_type_0 = JobReadMetricsType0.from_dict(data)
+
+                return metrics_type_0
+            except (TypeError, ValueError, AttributeError, KeyError):
+                pass
+            return cast(JobReadMetricsType0 | None | Unset, data)
+
+        metrics = _parse_metrics(d.pop("metrics", UNSET))
+
         _decisions = d.pop("decisions", UNSET)
         decisions: list[JobReadDecisionsItem] | Unset = UNSET
         if _decisions is not UNSET:
@@ -259,6 +292,7 @@ class JobRead:
             finished_at=finished_at,
             artifacts=artifacts,
             benchmarks=benchmarks,
+            metrics=metrics,
             decisions=decisions,
             warnings=warnings,
         )

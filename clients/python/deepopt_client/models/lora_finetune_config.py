@@ -22,6 +22,7 @@ class LoraFinetuneConfig:
     QLoRA (Dettmers et al., 2023, https://arxiv.org/abs/2305.14314).
 
         Attributes:
+            type_ (Literal['finetune']):  Default: 'finetune'.
             version (int | Unset):  Default: 1.
             epochs (int | None | Unset): Passes over the training data (default 3).
             max_steps (int | None | Unset): Stop after this many optimizer steps.
@@ -42,7 +43,6 @@ class LoraFinetuneConfig:
             seed (int | Unset):  Default: 0.
             device (LoraFinetuneConfigDevice | Unset): Where to train; auto: cuda when present. Default:
                 LoraFinetuneConfigDevice.AUTO.
-            type_ (Literal['finetune'] | Unset):  Default: 'finetune'.
             task (LoraFinetuneConfigTask | Unset): auto: regression for float `labels` in .npz, classification otherwise.
                 Default: LoraFinetuneConfigTask.AUTO.
             num_labels (int | None | Unset): Classes (default: from the data).
@@ -60,6 +60,7 @@ class LoraFinetuneConfig:
                 requantize for a quantized base); false keeps it as separate layers. Default: True.
     """
 
+    type_: Literal["finetune"] = "finetune"
     version: int | Unset = 1
     epochs: int | None | Unset = UNSET
     max_steps: int | None | Unset = UNSET
@@ -77,7 +78,6 @@ class LoraFinetuneConfig:
     max_length: int | Unset = 128
     seed: int | Unset = 0
     device: LoraFinetuneConfigDevice | Unset = LoraFinetuneConfigDevice.AUTO
-    type_: Literal["finetune"] | Unset = "finetune"
     task: LoraFinetuneConfigTask | Unset = LoraFinetuneConfigTask.AUTO
     num_labels: int | None | Unset = UNSET
     head: LoraFinetuneConfigHead | Unset = LoraFinetuneConfigHead.AUTO
@@ -90,6 +90,8 @@ class LoraFinetuneConfig:
     merge: bool | Unset = True
 
     def to_dict(self) -> dict[str, Any]:
+        type_ = self.type_
+
         version = self.version
 
         epochs: int | None | Unset
@@ -152,8 +154,6 @@ class LoraFinetuneConfig:
         if not isinstance(self.device, Unset):
             device = self.device.value
 
-        type_ = self.type_
-
         task: str | Unset = UNSET
         if not isinstance(self.task, Unset):
             task = self.task.value
@@ -197,7 +197,11 @@ class LoraFinetuneConfig:
 
         field_dict: dict[str, Any] = {}
 
-        field_dict.update({})
+        field_dict.update(
+            {
+                "type": type_,
+            }
+        )
         if version is not UNSET:
             field_dict["version"] = version
         if epochs is not UNSET:
@@ -232,8 +236,6 @@ class LoraFinetuneConfig:
             field_dict["seed"] = seed
         if device is not UNSET:
             field_dict["device"] = device
-        if type_ is not UNSET:
-            field_dict["type"] = type_
         if task is not UNSET:
             field_dict["task"] = task
         if num_labels is not UNSET:
@@ -260,6 +262,10 @@ class LoraFinetuneConfig:
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
         d = dict(src_dict)
+        type_ = cast(Literal["finetune"], d.pop("type"))
+        if type_ != "finetune":
+            raise ValueError(f"type must match const 'finetune', got '{type_}'")
+
         version = d.pop("version", UNSET)
 
         def _parse_epochs(data: object) -> int | None | Unset:
@@ -346,10 +352,6 @@ class LoraFinetuneConfig:
         else:
             device = LoraFinetuneConfigDevice(_device)
 
-        type_ = cast(Literal["finetune"] | Unset, d.pop("type", UNSET))
-        if type_ != "finetune" and not isinstance(type_, Unset):
-            raise ValueError(f"type must match const 'finetune', got '{type_}'")
-
         _task = d.pop("task", UNSET)
         task: LoraFinetuneConfigTask | Unset
         if isinstance(_task, Unset):
@@ -420,6 +422,7 @@ class LoraFinetuneConfig:
         merge = d.pop("merge", UNSET)
 
         lora_finetune_config = cls(
+            type_=type_,
             version=version,
             epochs=epochs,
             max_steps=max_steps,
@@ -437,7 +440,6 @@ class LoraFinetuneConfig:
             max_length=max_length,
             seed=seed,
             device=device,
-            type_=type_,
             task=task,
             num_labels=num_labels,
             head=head,

@@ -22,6 +22,7 @@ class ParallelAdapterFinetuneConfig:
     the weights: the model outputs carry them.
 
         Attributes:
+            type_ (Literal['finetune']):  Default: 'finetune'.
             version (int | Unset):  Default: 1.
             epochs (int | None | Unset): Passes over the training data (default 3).
             max_steps (int | None | Unset): Stop after this many optimizer steps.
@@ -42,7 +43,6 @@ class ParallelAdapterFinetuneConfig:
             seed (int | Unset):  Default: 0.
             device (ParallelAdapterFinetuneConfigDevice | Unset): Where to train; auto: cuda when present. Default:
                 ParallelAdapterFinetuneConfigDevice.AUTO.
-            type_ (Literal['finetune'] | Unset):  Default: 'finetune'.
             task (ParallelAdapterFinetuneConfigTask | Unset): auto: regression for float `labels` in .npz, classification
                 otherwise. Default: ParallelAdapterFinetuneConfigTask.AUTO.
             num_labels (int | None | Unset): Classes (default: from the data).
@@ -55,6 +55,7 @@ class ParallelAdapterFinetuneConfig:
             method (Literal['adapter_parallel'] | Unset):  Default: 'adapter_parallel'.
     """
 
+    type_: Literal["finetune"] = "finetune"
     version: int | Unset = 1
     epochs: int | None | Unset = UNSET
     max_steps: int | None | Unset = UNSET
@@ -74,7 +75,6 @@ class ParallelAdapterFinetuneConfig:
     max_length: int | Unset = 128
     seed: int | Unset = 0
     device: ParallelAdapterFinetuneConfigDevice | Unset = ParallelAdapterFinetuneConfigDevice.AUTO
-    type_: Literal["finetune"] | Unset = "finetune"
     task: ParallelAdapterFinetuneConfigTask | Unset = ParallelAdapterFinetuneConfigTask.AUTO
     num_labels: int | None | Unset = UNSET
     head: ParallelAdapterFinetuneConfigHead | Unset = ParallelAdapterFinetuneConfigHead.AUTO
@@ -84,6 +84,8 @@ class ParallelAdapterFinetuneConfig:
     method: Literal["adapter_parallel"] | Unset = "adapter_parallel"
 
     def to_dict(self) -> dict[str, Any]:
+        type_ = self.type_
+
         version = self.version
 
         epochs: int | None | Unset
@@ -146,8 +148,6 @@ class ParallelAdapterFinetuneConfig:
         if not isinstance(self.device, Unset):
             device = self.device.value
 
-        type_ = self.type_
-
         task: str | Unset = UNSET
         if not isinstance(self.task, Unset):
             task = self.task.value
@@ -179,7 +179,11 @@ class ParallelAdapterFinetuneConfig:
 
         field_dict: dict[str, Any] = {}
 
-        field_dict.update({})
+        field_dict.update(
+            {
+                "type": type_,
+            }
+        )
         if version is not UNSET:
             field_dict["version"] = version
         if epochs is not UNSET:
@@ -214,8 +218,6 @@ class ParallelAdapterFinetuneConfig:
             field_dict["seed"] = seed
         if device is not UNSET:
             field_dict["device"] = device
-        if type_ is not UNSET:
-            field_dict["type"] = type_
         if task is not UNSET:
             field_dict["task"] = task
         if num_labels is not UNSET:
@@ -236,6 +238,10 @@ class ParallelAdapterFinetuneConfig:
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
         d = dict(src_dict)
+        type_ = cast(Literal["finetune"], d.pop("type"))
+        if type_ != "finetune":
+            raise ValueError(f"type must match const 'finetune', got '{type_}'")
+
         version = d.pop("version", UNSET)
 
         def _parse_epochs(data: object) -> int | None | Unset:
@@ -322,10 +328,6 @@ class ParallelAdapterFinetuneConfig:
         else:
             device = ParallelAdapterFinetuneConfigDevice(_device)
 
-        type_ = cast(Literal["finetune"] | Unset, d.pop("type", UNSET))
-        if type_ != "finetune" and not isinstance(type_, Unset):
-            raise ValueError(f"type must match const 'finetune', got '{type_}'")
-
         _task = d.pop("task", UNSET)
         task: ParallelAdapterFinetuneConfigTask | Unset
         if isinstance(_task, Unset):
@@ -375,6 +377,7 @@ class ParallelAdapterFinetuneConfig:
             raise ValueError(f"method must match const 'adapter_parallel', got '{method}'")
 
         parallel_adapter_finetune_config = cls(
+            type_=type_,
             version=version,
             epochs=epochs,
             max_steps=max_steps,
@@ -392,7 +395,6 @@ class ParallelAdapterFinetuneConfig:
             max_length=max_length,
             seed=seed,
             device=device,
-            type_=type_,
             task=task,
             num_labels=num_labels,
             head=head,

@@ -22,6 +22,7 @@ class PrefixFinetuneConfig:
     transformers encoders no longer do, so it is implemented here as an attention function.
 
         Attributes:
+            type_ (Literal['finetune']):  Default: 'finetune'.
             version (int | Unset):  Default: 1.
             epochs (int | None | Unset): Passes over the training data (default 3).
             max_steps (int | None | Unset): Stop after this many optimizer steps.
@@ -42,7 +43,6 @@ class PrefixFinetuneConfig:
             seed (int | Unset):  Default: 0.
             device (PrefixFinetuneConfigDevice | Unset): Where to train; auto: cuda when present. Default:
                 PrefixFinetuneConfigDevice.AUTO.
-            type_ (Literal['finetune'] | Unset):  Default: 'finetune'.
             task (PrefixFinetuneConfigTask | Unset): auto: regression for float `labels` in .npz, classification otherwise.
                 Default: PrefixFinetuneConfigTask.AUTO.
             num_labels (int | None | Unset): Classes (default: from the data).
@@ -53,6 +53,7 @@ class PrefixFinetuneConfig:
             num_virtual_tokens (int | Unset):  Default: 16.
     """
 
+    type_: Literal["finetune"] = "finetune"
     version: int | Unset = 1
     epochs: int | None | Unset = UNSET
     max_steps: int | None | Unset = UNSET
@@ -70,7 +71,6 @@ class PrefixFinetuneConfig:
     max_length: int | Unset = 128
     seed: int | Unset = 0
     device: PrefixFinetuneConfigDevice | Unset = PrefixFinetuneConfigDevice.AUTO
-    type_: Literal["finetune"] | Unset = "finetune"
     task: PrefixFinetuneConfigTask | Unset = PrefixFinetuneConfigTask.AUTO
     num_labels: int | None | Unset = UNSET
     head: PrefixFinetuneConfigHead | Unset = PrefixFinetuneConfigHead.AUTO
@@ -78,6 +78,8 @@ class PrefixFinetuneConfig:
     num_virtual_tokens: int | Unset = 16
 
     def to_dict(self) -> dict[str, Any]:
+        type_ = self.type_
+
         version = self.version
 
         epochs: int | None | Unset
@@ -140,8 +142,6 @@ class PrefixFinetuneConfig:
         if not isinstance(self.device, Unset):
             device = self.device.value
 
-        type_ = self.type_
-
         task: str | Unset = UNSET
         if not isinstance(self.task, Unset):
             task = self.task.value
@@ -162,7 +162,11 @@ class PrefixFinetuneConfig:
 
         field_dict: dict[str, Any] = {}
 
-        field_dict.update({})
+        field_dict.update(
+            {
+                "type": type_,
+            }
+        )
         if version is not UNSET:
             field_dict["version"] = version
         if epochs is not UNSET:
@@ -197,8 +201,6 @@ class PrefixFinetuneConfig:
             field_dict["seed"] = seed
         if device is not UNSET:
             field_dict["device"] = device
-        if type_ is not UNSET:
-            field_dict["type"] = type_
         if task is not UNSET:
             field_dict["task"] = task
         if num_labels is not UNSET:
@@ -215,6 +217,10 @@ class PrefixFinetuneConfig:
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
         d = dict(src_dict)
+        type_ = cast(Literal["finetune"], d.pop("type"))
+        if type_ != "finetune":
+            raise ValueError(f"type must match const 'finetune', got '{type_}'")
+
         version = d.pop("version", UNSET)
 
         def _parse_epochs(data: object) -> int | None | Unset:
@@ -301,10 +307,6 @@ class PrefixFinetuneConfig:
         else:
             device = PrefixFinetuneConfigDevice(_device)
 
-        type_ = cast(Literal["finetune"] | Unset, d.pop("type", UNSET))
-        if type_ != "finetune" and not isinstance(type_, Unset):
-            raise ValueError(f"type must match const 'finetune', got '{type_}'")
-
         _task = d.pop("task", UNSET)
         task: PrefixFinetuneConfigTask | Unset
         if isinstance(_task, Unset):
@@ -335,6 +337,7 @@ class PrefixFinetuneConfig:
         num_virtual_tokens = d.pop("num_virtual_tokens", UNSET)
 
         prefix_finetune_config = cls(
+            type_=type_,
             version=version,
             epochs=epochs,
             max_steps=max_steps,
@@ -352,7 +355,6 @@ class PrefixFinetuneConfig:
             max_length=max_length,
             seed=seed,
             device=device,
-            type_=type_,
             task=task,
             num_labels=num_labels,
             head=head,

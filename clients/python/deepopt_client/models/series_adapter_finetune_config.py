@@ -22,6 +22,7 @@ class SeriesAdapterFinetuneConfig:
     the weights: the model outputs carry them.
 
         Attributes:
+            type_ (Literal['finetune']):  Default: 'finetune'.
             version (int | Unset):  Default: 1.
             epochs (int | None | Unset): Passes over the training data (default 3).
             max_steps (int | None | Unset): Stop after this many optimizer steps.
@@ -42,7 +43,6 @@ class SeriesAdapterFinetuneConfig:
             seed (int | Unset):  Default: 0.
             device (SeriesAdapterFinetuneConfigDevice | Unset): Where to train; auto: cuda when present. Default:
                 SeriesAdapterFinetuneConfigDevice.AUTO.
-            type_ (Literal['finetune'] | Unset):  Default: 'finetune'.
             task (SeriesAdapterFinetuneConfigTask | Unset): auto: regression for float `labels` in .npz, classification
                 otherwise. Default: SeriesAdapterFinetuneConfigTask.AUTO.
             num_labels (int | None | Unset): Classes (default: from the data).
@@ -55,6 +55,7 @@ class SeriesAdapterFinetuneConfig:
             method (Literal['adapter_series'] | Unset):  Default: 'adapter_series'.
     """
 
+    type_: Literal["finetune"] = "finetune"
     version: int | Unset = 1
     epochs: int | None | Unset = UNSET
     max_steps: int | None | Unset = UNSET
@@ -72,7 +73,6 @@ class SeriesAdapterFinetuneConfig:
     max_length: int | Unset = 128
     seed: int | Unset = 0
     device: SeriesAdapterFinetuneConfigDevice | Unset = SeriesAdapterFinetuneConfigDevice.AUTO
-    type_: Literal["finetune"] | Unset = "finetune"
     task: SeriesAdapterFinetuneConfigTask | Unset = SeriesAdapterFinetuneConfigTask.AUTO
     num_labels: int | None | Unset = UNSET
     head: SeriesAdapterFinetuneConfigHead | Unset = SeriesAdapterFinetuneConfigHead.AUTO
@@ -82,6 +82,8 @@ class SeriesAdapterFinetuneConfig:
     method: Literal["adapter_series"] | Unset = "adapter_series"
 
     def to_dict(self) -> dict[str, Any]:
+        type_ = self.type_
+
         version = self.version
 
         epochs: int | None | Unset
@@ -144,8 +146,6 @@ class SeriesAdapterFinetuneConfig:
         if not isinstance(self.device, Unset):
             device = self.device.value
 
-        type_ = self.type_
-
         task: str | Unset = UNSET
         if not isinstance(self.task, Unset):
             task = self.task.value
@@ -177,7 +177,11 @@ class SeriesAdapterFinetuneConfig:
 
         field_dict: dict[str, Any] = {}
 
-        field_dict.update({})
+        field_dict.update(
+            {
+                "type": type_,
+            }
+        )
         if version is not UNSET:
             field_dict["version"] = version
         if epochs is not UNSET:
@@ -212,8 +216,6 @@ class SeriesAdapterFinetuneConfig:
             field_dict["seed"] = seed
         if device is not UNSET:
             field_dict["device"] = device
-        if type_ is not UNSET:
-            field_dict["type"] = type_
         if task is not UNSET:
             field_dict["task"] = task
         if num_labels is not UNSET:
@@ -234,6 +236,10 @@ class SeriesAdapterFinetuneConfig:
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
         d = dict(src_dict)
+        type_ = cast(Literal["finetune"], d.pop("type"))
+        if type_ != "finetune":
+            raise ValueError(f"type must match const 'finetune', got '{type_}'")
+
         version = d.pop("version", UNSET)
 
         def _parse_epochs(data: object) -> int | None | Unset:
@@ -320,10 +326,6 @@ class SeriesAdapterFinetuneConfig:
         else:
             device = SeriesAdapterFinetuneConfigDevice(_device)
 
-        type_ = cast(Literal["finetune"] | Unset, d.pop("type", UNSET))
-        if type_ != "finetune" and not isinstance(type_, Unset):
-            raise ValueError(f"type must match const 'finetune', got '{type_}'")
-
         _task = d.pop("task", UNSET)
         task: SeriesAdapterFinetuneConfigTask | Unset
         if isinstance(_task, Unset):
@@ -373,6 +375,7 @@ class SeriesAdapterFinetuneConfig:
             raise ValueError(f"method must match const 'adapter_series', got '{method}'")
 
         series_adapter_finetune_config = cls(
+            type_=type_,
             version=version,
             epochs=epochs,
             max_steps=max_steps,
@@ -390,7 +393,6 @@ class SeriesAdapterFinetuneConfig:
             max_length=max_length,
             seed=seed,
             device=device,
-            type_=type_,
             task=task,
             num_labels=num_labels,
             head=head,

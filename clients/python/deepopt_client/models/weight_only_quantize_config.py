@@ -29,8 +29,8 @@ class WeightOnlyQuantizeConfig:
     https://arxiv.org/abs/2306.00978; GPTQ: Frantar et al., 2022, https://arxiv.org/abs/2210.17323
 
         Attributes:
+            type_ (Literal['quantize']): The pass: `quantize`; `mode` selects the variant. Default: 'quantize'.
             version (int | Unset):  Default: 1.
-            type_ (Literal['quantize'] | Unset): The pass: `quantize`; `mode` selects the variant. Default: 'quantize'.
             exclude (list[str] | Unset): Node names, op types or glob patterns of nodes to leave in float (ONNX; layer names
                 such as `fc1` and weight names such as `fc1.weight` work too), or layer names (PyTorch).
             mode (Literal['weight_only'] | Unset): Block-wise low-bit weights, float activations. Default: 'weight_only'.
@@ -59,8 +59,8 @@ class WeightOnlyQuantizeConfig:
                 within bounds. ONNX only.
     """
 
+    type_: Literal["quantize"] = "quantize"
     version: int | Unset = 1
-    type_: Literal["quantize"] | Unset = "quantize"
     exclude: list[str] | Unset = UNSET
     mode: Literal["weight_only"] | Unset = "weight_only"
     weight_dtype: WeightOnlyQuantizeConfigWeightDtype | Unset = WeightOnlyQuantizeConfigWeightDtype.INT4
@@ -77,9 +77,9 @@ class WeightOnlyQuantizeConfig:
     def to_dict(self) -> dict[str, Any]:
         from ..models.accuracy_guard import AccuracyGuard  # noqa: PLC0415
 
-        version = self.version
-
         type_ = self.type_
+
+        version = self.version
 
         exclude: list[str] | Unset = UNSET
         if not isinstance(self.exclude, Unset):
@@ -127,11 +127,13 @@ class WeightOnlyQuantizeConfig:
 
         field_dict: dict[str, Any] = {}
 
-        field_dict.update({})
+        field_dict.update(
+            {
+                "type": type_,
+            }
+        )
         if version is not UNSET:
             field_dict["version"] = version
-        if type_ is not UNSET:
-            field_dict["type"] = type_
         if exclude is not UNSET:
             field_dict["exclude"] = exclude
         if mode is not UNSET:
@@ -164,11 +166,11 @@ class WeightOnlyQuantizeConfig:
         from ..models.accuracy_guard import AccuracyGuard  # noqa: PLC0415
 
         d = dict(src_dict)
-        version = d.pop("version", UNSET)
-
-        type_ = cast(Literal["quantize"] | Unset, d.pop("type", UNSET))
-        if type_ != "quantize" and not isinstance(type_, Unset):
+        type_ = cast(Literal["quantize"], d.pop("type"))
+        if type_ != "quantize":
             raise ValueError(f"type must match const 'quantize', got '{type_}'")
+
+        version = d.pop("version", UNSET)
 
         exclude = cast(list[str], d.pop("exclude", UNSET))
 
@@ -242,8 +244,8 @@ class WeightOnlyQuantizeConfig:
         accuracy_guard = _parse_accuracy_guard(d.pop("accuracy_guard", UNSET))
 
         weight_only_quantize_config = cls(
-            version=version,
             type_=type_,
+            version=version,
             exclude=exclude,
             mode=mode,
             weight_dtype=weight_dtype,

@@ -50,7 +50,7 @@ def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 def sync_detailed(
     key_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Response[Any | Problem]:
     """Revoke
 
@@ -81,7 +81,7 @@ def sync_detailed(
 def sync(
     key_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Any | Problem | None:
     """Revoke
 
@@ -107,7 +107,7 @@ def sync(
 async def asyncio_detailed(
     key_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Response[Any | Problem]:
     """Revoke
 
@@ -136,7 +136,7 @@ async def asyncio_detailed(
 async def asyncio(
     key_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Any | Problem | None:
     """Revoke
 

@@ -54,7 +54,7 @@ def _build_response(
 def sync_detailed(
     artifact_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Response[ArtifactRead | Problem]:
     """Read Artifact
 
@@ -85,7 +85,7 @@ def sync_detailed(
 def sync(
     artifact_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> ArtifactRead | Problem | None:
     """Read Artifact
 
@@ -111,7 +111,7 @@ def sync(
 async def asyncio_detailed(
     artifact_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Response[ArtifactRead | Problem]:
     """Read Artifact
 
@@ -140,7 +140,7 @@ async def asyncio_detailed(
 async def asyncio(
     artifact_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> ArtifactRead | Problem | None:
     """Read Artifact
 

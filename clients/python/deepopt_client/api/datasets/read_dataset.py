@@ -54,7 +54,7 @@ def _build_response(
 def sync_detailed(
     dataset_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Response[DatasetRead | Problem]:
     """Read Dataset
 
@@ -85,7 +85,7 @@ def sync_detailed(
 def sync(
     dataset_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> DatasetRead | Problem | None:
     """Read Dataset
 
@@ -111,7 +111,7 @@ def sync(
 async def asyncio_detailed(
     dataset_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Response[DatasetRead | Problem]:
     """Read Dataset
 
@@ -140,7 +140,7 @@ async def asyncio_detailed(
 async def asyncio(
     dataset_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> DatasetRead | Problem | None:
     """Read Dataset
 

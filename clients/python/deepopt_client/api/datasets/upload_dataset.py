@@ -53,7 +53,7 @@ def _build_response(
 
 def sync_detailed(
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
     body: UploadDatasetBody,
 ) -> Response[DatasetRead | Problem]:
     """Upload Dataset
@@ -84,7 +84,7 @@ def sync_detailed(
 
 def sync(
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
     body: UploadDatasetBody,
 ) -> DatasetRead | Problem | None:
     """Upload Dataset
@@ -110,7 +110,7 @@ def sync(
 
 async def asyncio_detailed(
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
     body: UploadDatasetBody,
 ) -> Response[DatasetRead | Problem]:
     """Upload Dataset
@@ -139,7 +139,7 @@ async def asyncio_detailed(
 
 async def asyncio(
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
     body: UploadDatasetBody,
 ) -> DatasetRead | Problem | None:
     """Upload Dataset

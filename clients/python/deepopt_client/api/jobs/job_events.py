@@ -60,7 +60,7 @@ def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 def sync_detailed(
     job_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
     last_event_id: None | str | Unset = UNSET,
 ) -> Response[Any | Problem | str]:
     """Job Events
@@ -94,7 +94,7 @@ def sync_detailed(
 def sync(
     job_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
     last_event_id: None | str | Unset = UNSET,
 ) -> Any | Problem | str | None:
     """Job Events
@@ -123,7 +123,7 @@ def sync(
 async def asyncio_detailed(
     job_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
     last_event_id: None | str | Unset = UNSET,
 ) -> Response[Any | Problem | str]:
     """Job Events
@@ -155,7 +155,7 @@ async def asyncio_detailed(
 async def asyncio(
     job_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
     last_event_id: None | str | Unset = UNSET,
 ) -> Any | Problem | str | None:
     """Job Events

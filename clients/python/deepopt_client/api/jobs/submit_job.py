@@ -59,7 +59,7 @@ def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 
 def sync_detailed(
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
     body: JobCreate,
     idempotency_key: None | str | Unset = UNSET,
 ) -> Response[JobRead | Problem]:
@@ -93,7 +93,7 @@ def sync_detailed(
 
 def sync(
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
     body: JobCreate,
     idempotency_key: None | str | Unset = UNSET,
 ) -> JobRead | Problem | None:
@@ -122,7 +122,7 @@ def sync(
 
 async def asyncio_detailed(
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
     body: JobCreate,
     idempotency_key: None | str | Unset = UNSET,
 ) -> Response[JobRead | Problem]:
@@ -154,7 +154,7 @@ async def asyncio_detailed(
 
 async def asyncio(
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
     body: JobCreate,
     idempotency_key: None | str | Unset = UNSET,
 ) -> JobRead | Problem | None:

@@ -52,7 +52,7 @@ def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 def sync_detailed(
     model_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Response[ModelRead | Problem]:
     """Read Model
 
@@ -83,7 +83,7 @@ def sync_detailed(
 def sync(
     model_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> ModelRead | Problem | None:
     """Read Model
 
@@ -109,7 +109,7 @@ def sync(
 async def asyncio_detailed(
     model_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Response[ModelRead | Problem]:
     """Read Model
 
@@ -138,7 +138,7 @@ async def asyncio_detailed(
 async def asyncio(
     model_id: str,
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> ModelRead | Problem | None:
     """Read Model
 

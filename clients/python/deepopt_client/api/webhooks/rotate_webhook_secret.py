@@ -43,7 +43,7 @@ def _build_response(
 
 def sync_detailed(
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Response[Problem | WebhookSecretRead]:
     """Rotate Webhook Secret
 
@@ -68,7 +68,7 @@ def sync_detailed(
 
 def sync(
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Problem | WebhookSecretRead | None:
     """Rotate Webhook Secret
 
@@ -89,7 +89,7 @@ def sync(
 
 async def asyncio_detailed(
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Response[Problem | WebhookSecretRead]:
     """Rotate Webhook Secret
 
@@ -112,7 +112,7 @@ async def asyncio_detailed(
 
 async def asyncio(
     *,
-    client: AuthenticatedClient | Client,
+    client: AuthenticatedClient,
 ) -> Problem | WebhookSecretRead | None:
     """Rotate Webhook Secret
 
