@@ -2,6 +2,12 @@
 
     nice -n 10 .venv/bin/python -m benchmarks.auto                 # writes benchmarks/results/auto.{md,json}
     nice -n 10 .venv/bin/python -m benchmarks.auto --skip-minilm   # the digits CNN only (about a minute)
+    nice -n 10 .venv/bin/python -m benchmarks.auto --skip-minilm --train   # the digits CNN with train data
+
+With `--train` the digits CNN's train split is the job's train dataset: auto also searches its training recipes
+(structured pruning with fine-tuning, a distilled half-width student), and the grid gets them too (each alone and
+followed by dynamic and static int8); the row is "digits CNN (train data)". The models a run does not measure keep
+their rows from the existing `auto.json` (merged, not dropped).
 
 For each model (the digits CNN of the quantization benchmark, and all-MiniLM-L6-v2 exported as there), the eval
 rows are split in two: the search half is what the `auto` job and the grid see, the held-out half checks the
@@ -43,18 +49,27 @@ MODES: list[dict[str, Any]] = [
 SPARSITIES = (0.3, 0.5, 0.7, 0.9)
 
 
-def grid_recipes(matmul: bool) -> list[list[dict[str, Any]]]:
-    """Each quantization mode alone, each sparsity alone, and each sparsity followed by each mode."""
+def grid_recipes(matmul: bool, train: bool = False) -> list[list[dict[str, Any]]]:
+    """Each quantization mode alone, each sparsity alone, and each sparsity followed by each mode; with train data
+    also auto's training recipes, alone and followed by dynamic and static int8."""
+    from deepopt_core.passes.auto.search import training_candidates
+
     modes = [m for m in MODES if matmul or m["mode"] != "weight_only"]
     prunes = [{"type": "prune", "method": "magnitude", "sparsity": s} for s in SPARSITIES]
-    return [[m] for m in modes] + [[p] for p in prunes] + [[p, m] for p in prunes for m in modes]
+    recipes = [[m] for m in modes] + [[p] for p in prunes] + [[p, m] for p in prunes for m in modes]
+    if train:
+        for candidate in training_candidates(["prune", "distill"], "latency"):
+            recipes += [candidate.recipe] + [candidate.recipe + [m] for m in MODES[:2]]
+    return recipes
 
 
 def label(recipe: list[dict[str, Any]]) -> str:
     parts = []
     for step in recipe:
-        if step["type"] == "prune":
-            parts.append(f"prune {step['sparsity']}")
+        if step["type"] == "distill":
+            parts.append(f"distill width {step['student']['width_ratio']}")
+        elif step["type"] == "prune":
+            parts.append(f"prune {'structured ' if step.get('method') == 'structured' else ''}{step['sparsity']}")
         else:
             parts.append(" ".join(str(step[k]) for k in ("mode", "weight_dtype") if k in step))
     return " + ".join(parts)
@@ -102,7 +117,7 @@ def _interleaved_p50(paths: dict[str, Path], feed: dict[str, np.ndarray], rounds
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _runner(model_path: Path, data: Path, work: Path, metric: str) -> Any:
+def _runner(model_path: Path, data: Path, work: Path, metric: str, train: Path | None = None) -> Any:
     """The trial runner of the `auto` pass on `model_path`, measuring on the dataset `data` (the grid uses it)."""
     from deepopt_core.datasets import load_dataset
     from deepopt_core.evaluate.inputs import dataset_feed, take
@@ -114,12 +129,12 @@ def _runner(model_path: Path, data: Path, work: Path, metric: str) -> Any:
     info = inspect_model(model_path, "onnx")
     dataset = load_dataset(data)
     ctx = PassContext(workdir=work, info=info, sample=take(dataset_feed(info, dataset, max_rows=2), 0, 2),
-                      eval=dataset, source=model_path)
+                      eval=dataset, source=model_path, train=load_dataset(train) if train else None)
     return OnnxTrialRunner(load_onnx(model_path), ctx, metric=metric, batch_size=BATCH, num_samples=1024)
 
 
 def bench(name: str, model_path: Path, search: Path, quality_of: Any, timing_feed: dict[str, np.ndarray],
-          metric: str, work: Path, args: argparse.Namespace, rounds: int) -> ModelResult:
+          metric: str, work: Path, args: argparse.Namespace, rounds: int, train: Path | None = None) -> ModelResult:
     """Grid, then auto, then the final interleaved timing and the held-out check."""
     from deepopt_core.passes.auto.search import TrialFailed
     from deepopt_core.passes.auto.trials import has_matmul
@@ -127,11 +142,12 @@ def bench(name: str, model_path: Path, search: Path, quality_of: Any, timing_fee
 
     result = ModelResult(name, metric, quality_of(model_path))
     grid_dir = work / f"{name}-grid"
-    runner = _runner(model_path, search, grid_dir, metric)
+    runner = _runner(model_path, search, grid_dir, metric, train)
     started = time.perf_counter()
     baseline = runner.baseline()
     best: tuple[float, int, str] | None = None
-    for number, recipe in enumerate(grid_recipes(has_matmul(runner.model)), start=1):
+    for number, recipe in enumerate(grid_recipes(has_matmul(runner.model), train is not None),
+                                        start=1):
         common.log(f"{name} grid {number}: {label(recipe)}")
         began = time.perf_counter()
         row: dict[str, Any] = {"trial": number, "recipe": label(recipe)}
@@ -155,7 +171,10 @@ def bench(name: str, model_path: Path, search: Path, quality_of: Any, timing_fee
     spec = {"type": "auto", "objective": "latency", "max_accuracy_drop": BOUND, "batch_size": BATCH,
             "budget": {"trials": args.trials, "minutes": args.minutes}}
     began = time.perf_counter()
-    out = optimize(model_path, [spec], {"eval": search}, workdir=work / f"{name}-auto",
+    if train is not None:
+        spec["allowed"] = ["quantize", "prune", "distill"]
+    data = {"eval": search, **({"train": train} if train is not None else {})}
+    out = optimize(model_path, [spec], data, workdir=work / f"{name}-auto",
                    benchmark={"batch_sizes": [BATCH], "runs": 20})
     result.auto_seconds = round(time.perf_counter() - began, 1)
     (decision,) = [d for d in out.decisions if d["type"] == "auto"]
@@ -212,8 +231,13 @@ def bench_digits(work: Path, args: argparse.Namespace) -> ModelResult:
     def held_out_accuracy(path: Path) -> float:
         return common.accuracy(common.make_session(path, args.threads), x_test[half:], y_test[half:])
 
-    return bench("digits CNN", fp32, search, held_out_accuracy, {"pixels": x_test[:BATCH]}, "accuracy", work, args,
-                 rounds=args.rounds * 10)  # a 0.1 ms model: many rounds cost nothing and steady the median
+    train = None
+    if args.train:
+        train = work / "digits_train.npz"
+        np.savez(train, pixels=x_train, labels=y_train)
+    name = "digits CNN (train data)" if args.train else "digits CNN"
+    return bench(name, fp32, search, held_out_accuracy, {"pixels": x_test[:BATCH]}, "accuracy", work, args,
+                 rounds=args.rounds * 10, train=train)  # a 0.1 ms model: many rounds cost nothing, steady the median
 
 
 def bench_minilm(work: Path, args: argparse.Namespace) -> ModelResult:
@@ -254,6 +278,9 @@ def write_reports(results: list[ModelResult], meta: dict[str, Any], out_dir: Pat
         "quality re-checked on the other half; latency = median of interleaved runs of the original, auto's "
         f"model and the grid's best ({meta['rounds']} rounds; digits {10 * meta['rounds']}). \"same file\": auto "
         "chose the grid's best recipe and wrote the identical model, so a speed-up difference between them is noise.",
+        *([f"Rows of {', '.join(meta['kept_from_previous_run']['models'])} are kept from the run of "
+           f"{meta['kept_from_previous_run']['date']} (same settings; this run did not measure them)."]
+          if meta.get("kept_from_previous_run") else []),
         "",
         "| model | who | recipe | trials | wall s | speed-up b8 | x size | held-out quality | met bound |",
         "|---|---|---|---:|---:|---:|---:|---:|---|",
@@ -296,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=20.0, help="auto's time budget")
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--train", action="store_true", help="give the digits CNN's train split as train data")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -318,6 +346,15 @@ def main(argv: list[str] | None = None) -> int:
             results.append(bench_minilm(work, args))
     meta["seconds"] = round(time.perf_counter() - started, 1)
     meta["load_average_end"] = os.getloadavg()
+    previous = args.out / "auto.json"
+    if previous.exists():  # keep the rows of the models this run did not measure
+        measured = {r.model for r in results}
+        before = json.loads(previous.read_text())
+        kept = [ModelResult(**m) for m in before["models"] if m["model"] not in measured]
+        if kept:
+            meta["kept_from_previous_run"] = {"models": [r.model for r in kept], "date": before["meta"].get("date"),
+                                              "meta": before["meta"]}
+        results = kept + results
     write_reports(results, meta, args.out)
     common.log((args.out / "auto.md").read_text())
     return 0

@@ -6,7 +6,9 @@ wave into pending trial rows and one `run_trial` task per row, and answers the c
 worker and not a task of its own: it already owns the job, its lifetime is the job's, and it can take trials
 itself. While the child waits on a wave, the worker claims one pending trial at a time for itself and has the
 child run it in process (no copy, no extra process), so a job never waits for a worker that is not there; other
-workers' `run_trial` tasks claim the rest. Whoever claims a row runs it; nobody else can.
+workers' `run_trial` tasks claim the rest. Whoever claims a row runs it; nobody else can. Recipes that train
+on the job's train dataset never reach a wave (a bundle carries no train data): the child runs them itself, with
+no row (:mod:`deepopt_core.passes.auto.remote`, "Local-only trials").
 
 What keeps a job from hanging on its trials: a claimed trial whose heartbeat goes stale (its worker died) is
 requeued, or failed after `max_attempts` claims, and the worker can then run it itself; a pending trial that no

@@ -90,3 +90,13 @@ def test_a_student_not_smaller_than_its_teacher_is_422(client: httpx.Client, ids
     assert submit(client, ids, "bert", {"type": "distill", "student": {"keep_every": 2}}, **text).status_code == 202
     response = submit(client, ids, "bert", {"type": "distill", "student": {"keep_every": 1}}, **text)
     assert response.status_code == 422 and "keep_every" in response.text
+
+
+def test_auto_with_only_distill_and_no_training_data_is_422(client: httpx.Client, ids: Uploads) -> None:
+    spec = {"type": "auto", "allowed": ["distill"]}
+    data = {"eval_dataset_id": ids["digits_npz"]}
+    problem = assert_problem(submit(client, ids, "digits_pt2", spec, **data), 422, "passes.0.allowed")
+    assert "train_dataset_id" in problem["detail"], problem
+    assert submit(client, ids, "digits_pt2", spec, train_dataset_id=ids["digits_npz"], **data).status_code == 202
+    # With other passes allowed the training recipes are skipped with a note instead.
+    assert submit(client, ids, "digits_pt2", {**spec, "allowed": ["quantize", "distill"]}, **data).status_code == 202

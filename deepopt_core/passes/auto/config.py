@@ -32,6 +32,9 @@ class AutoConfig(PassConfig):
 
     The pass measures the model it receives, then candidate recipes of the other passes (quantization modes,
     pruning sparsities, and combinations of the ones that held the bound), the cheap and promising ones first.
+    With the job's train dataset it also searches the recipes that train (they cost minutes, so they come after
+    the cheap ones): structured pruning with fine-tuning (`prune`) and a student of half the width distilled from
+    the model (`distill`).
     Recipes are rejected without running when the measured sensitivities of their parts say they cannot meet the
     bound (a pruning sparsity above one that already lost too much; a combination whose parts' drops add up past
     the bound) or cannot beat the best model found so far. Every trial (recipe, metrics, time) is recorded in the
@@ -56,19 +59,27 @@ class AutoConfig(PassConfig):
     budget: AutoBudget = Field(default_factory=AutoBudget)
     allowed: list[SearchablePass] = Field(
         default_factory=lambda: list(DEFAULT_ALLOWED), min_length=1,
-        description="Pass types recipes may use. `distill` is accepted but not searched yet (a warning says so).",
+        description="Pass types recipes may use: `quantize` (int8, fp16 and int4 modes), `prune` (magnitude "
+        "sparsities; with train_dataset_id also structured pruning with fine-tuning), `distill` (a student of half "
+        "the width, distilled on train_dataset_id; needs one).",
     )  # fmt: skip
     batch_size: int = Field(8, ge=1, le=1024, description="Batch size trials are timed at (objective `latency`).")
     num_samples: int = Field(1024, ge=16, le=100_000, description="Eval rows each trial is measured on.")
 
     def check(self, context: SubmitContext) -> Problems:
-        """Submit-time checks: the search measures every trial on the eval dataset."""
+        """Submit-time checks: the search measures every trial on the eval dataset; distillation alone needs the
+        train dataset (with other passes allowed, the training recipes are skipped with a note)."""
+        problems: Problems = []
+        if set(self.allowed) == {"distill"} and context.train is None:
+            problems.append((("allowed",), "distill trains a student on data: give train_dataset_id, or allow "
+                             "quantize or prune too"))
         if context.eval is None:
-            return [(("max_accuracy_drop",), "auto measures every trial on the eval dataset: give eval_dataset_id")]
-        if self.metric == "accuracy" and not context.eval.get("has_labels"):
-            return [(("metric",), "metric 'accuracy' needs an eval dataset with labels; give one with labels or use "
-                     "metric 'fidelity'")]
-        return []
+            problems.append((("max_accuracy_drop",), "auto measures every trial on the eval dataset: give "
+                             "eval_dataset_id"))
+        elif self.metric == "accuracy" and not context.eval.get("has_labels"):
+            problems.append((("metric",), "metric 'accuracy' needs an eval dataset with labels; give one with "
+                             "labels or use metric 'fidelity'"))
+        return problems
 
     def representation_problem(self, representation: str) -> str | None:
         if representation != "onnx":

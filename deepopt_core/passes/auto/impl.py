@@ -35,7 +35,8 @@ def apply_onnx(spec: AutoConfig, model: onnx.ModelProto | str | Path, ctx: PassC
     runner = runner_for(OnnxTrialRunner(model, ctx, metric=metric, batch_size=spec.batch_size,
                                         num_samples=spec.num_samples))
     try:
-        found = search(spec, runner, metric=metric, has_matmul=has_matmul(model), on_progress=ctx.progress)
+        found = search(spec, runner, metric=metric, has_matmul=has_matmul(model), has_train=ctx.train is not None,
+                       on_progress=ctx.progress)
         chosen: Any = runner.model_of(found.chosen) if found.chosen is not None else model
     finally:
         runner.close()

@@ -20,6 +20,11 @@ sees it whole or not at all. The layout of the dispatch folder (``trial_dispatch
     the worker: the answer for a trial another worker ran (``succeeded`` with the measurement and its model,
     ``failed`` with the error), or one no worker started before the minutes ran out (``skipped``).
 
+Local-only trials: a recipe that trains on the job's train dataset (structured pruning with `fine_tune`,
+`distill`; :func:`deepopt_core.passes.auto.trials.needs_training`) is never written into a wave, since a bundle
+carries no train data (and such trials take minutes, longer than fetching it would pay for). The child runs it
+itself while the wave's other trials are out, and it has no trial row: its decisions say ``"local_only": true``.
+
 The final choice is still timed here, on the job's own worker (:meth:`TrialRunner.retime` of the finalists,
 interleaved with the original): latencies measured on different machines are not comparable, so a remote
 trial's latency only orders and rejects candidates, it never decides alone.
@@ -37,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from deepopt_core.passes.auto.search import Measurement, TrialFailed, TrialNotStarted
-from deepopt_core.passes.auto.trials import OnnxTrialRunner
+from deepopt_core.passes.auto.trials import OnnxTrialRunner, needs_training
 
 log = logging.getLogger("deepopt.passes.auto")
 POLL_S = 0.05
@@ -100,16 +105,22 @@ class DispatchTrialRunner:
 
     def run_many(self, batch: list[tuple[int, list[dict[str, Any]]]],
                  deadline_s: float) -> dict[int, Measurement | TrialFailed]:
-        self.waves += 1
+        local_only = [(number, recipe) for number, recipe in batch if needs_training(recipe)]
+        batch = [(number, recipe) for number, recipe in batch if not needs_training(recipe)]
         keys = {number: f"s{self.search}-t{number}" for number, _ in batch}
         recipes = dict(batch)
-        write_json(self.folder / "waves" / f"{self.search}-{self.waves}.json", {
-            "search": self.search, "bundle": self.bundle.name,
-            "deadline_s": deadline_s if deadline_s != float("inf") else None,
-            "trials": [{"key": keys[number], "number": number, "recipe": recipe} for number, recipe in batch],
-        })  # fmt: skip
+        if batch:
+            self.waves += 1
+            write_json(self.folder / "waves" / f"{self.search}-{self.waves}.json", {
+                "search": self.search, "bundle": self.bundle.name,
+                "deadline_s": deadline_s if deadline_s != float("inf") else None,
+                "trials": [{"key": keys[number], "number": number, "recipe": recipe} for number, recipe in batch],
+            })  # fmt: skip
         answers: dict[int, Measurement | TrialFailed] = {}
-        while len(answers) < len(batch):
+        for number, recipe in local_only:  # while the others are out
+            answers[number] = self._run_local(number, recipe, None)
+            answers[number].details["local_only"] = True
+        while len(answers) < len(batch) + len(local_only):
             moved = False
             for number, key in keys.items():
                 if number in answers:
@@ -128,18 +139,21 @@ class DispatchTrialRunner:
                 time.sleep(POLL_S)
         return answers
 
-    def _run_here(self, number: int, key: str, recipe: list[dict[str, Any]],
-                  worker: str | None) -> Measurement | TrialFailed:
+    def _run_local(self, number: int, recipe: list[dict[str, Any]], worker: str | None) -> Measurement | TrialFailed:
         began = time.perf_counter()
         outcome: Measurement | TrialFailed
         try:
             outcome = self.local.run(number, recipe)
         except TrialFailed as exc:
             outcome = exc
-        seconds = time.perf_counter() - began
-        outcome.seconds = seconds
+        outcome.seconds = time.perf_counter() - began
         outcome.details["worker"] = worker
-        payload: dict[str, Any] = {"seconds": seconds}
+        return outcome
+
+    def _run_here(self, number: int, key: str, recipe: list[dict[str, Any]],
+                  worker: str | None) -> Measurement | TrialFailed:
+        outcome = self._run_local(number, recipe, worker)
+        payload: dict[str, Any] = {"seconds": outcome.seconds}
         if isinstance(outcome, TrialFailed):
             payload.update(status="failed", error=str(outcome)[:2000])
         else:

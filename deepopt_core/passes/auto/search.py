@@ -16,9 +16,17 @@ The order and the rejections:
 2. a pruning sparsity ladder starts in the middle: a sparsity that loses more than the bound rejects every higher
    one (the drop grows with sparsity), and one that gives no gain on the objective rejects the higher ones too
    (dense kernels do not get faster or smaller from zeros);
-3. combinations (prune, then quantize) of singles that met the bound, estimated before running: the drop as the
+3. training recipes, only when the job has a train dataset (else skipped with a note): structured pruning (whole
+   units removed, then `fine_tune` recovery on the train data) at the higher sparsity first, and distillation into
+   a student of half the width. They cost minutes where the others cost seconds, so they run after the cheap
+   singles (ordered among themselves by the same priors). A structured sparsity is rejected by a higher one that
+   met the bound with a gain (removing fewer units cannot be faster or smaller), by a lower one that lost too much,
+   or by a higher one that gave no gain;
+4. combinations (prune, then quantize) of singles that met the bound, estimated before running: the drop as the
    sum of the parts' drops, the cost as the product of the parts' ratios; a combination is rejected when the
-   estimate breaks the bound or cannot beat the best model measured so far by a margin.
+   estimate breaks the bound or cannot beat the best model measured so far by a margin. Magnitude sparsities are
+   combined with every quantization mode that met the bound, training recipes with the best one only (each of
+   their combinations trains again).
 """
 
 from __future__ import annotations
@@ -37,6 +45,13 @@ from deepopt_core.passes.auto.config import AutoConfig
 log = logging.getLogger("deepopt.passes.auto")
 
 PRUNE_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
+# Training recipes (need the job's train dataset): units removed by structured pruning, recovered by fine-tuning;
+# a student of DISTILL_WIDTH of the model's width, distilled from it. Settings that recover the digits models.
+STRUCTURED_SPARSITIES = (0.5, 0.25)
+STRUCTURED_RECOVERY: dict[str, Any] = {"epochs": 3, "lr": 3e-3}
+DISTILL_WIDTH = 0.5
+DISTILL_TRAINING: dict[str, Any] = {"epochs": 10, "lr": 3e-3}
+TRAINING_KEYS = ("prune/structured", "distill/width")
 # A measured ratio (candidate / original) at or above this is no gain (latency on a shared CPU moves a few %).
 NO_GAIN_RATIO = 0.93
 # A combination must be estimated this much better than the best measured model to be worth a trial.
@@ -49,9 +64,11 @@ LATENCY_WIN = 0.97
 # the trials (the most promising first); only measurements reject.
 PRIORS: dict[str, dict[str, float]] = {
     "latency": {"quantize/static": 0.65, "quantize/dynamic": 0.6, "quantize/fp16": 1.0,
-                "quantize/weight_only/int8": 1.05, "quantize/weight_only/int4": 1.05, "prune/magnitude": 1.0},
+                "quantize/weight_only/int8": 1.05, "quantize/weight_only/int4": 1.05, "prune/magnitude": 1.0,
+                "prune/structured": 0.5, "distill/width": 0.55},
     "size": {"quantize/weight_only/int4": 0.2, "quantize/dynamic": 0.26, "quantize/static": 0.27,
-             "quantize/weight_only/int8": 0.3, "quantize/fp16": 0.5, "prune/magnitude": 1.0},
+             "quantize/weight_only/int8": 0.3, "quantize/fp16": 0.5, "prune/magnitude": 1.0,
+             "prune/structured": 0.5, "distill/width": 0.5},
 }  # fmt: skip
 
 
@@ -210,6 +227,20 @@ def prune_candidates() -> list[Candidate]:
             for s in PRUNE_SPARSITIES]
 
 
+def training_candidates(allowed: list[str], objective: str) -> list[Candidate]:
+    """Structured pruning with recovery (the higher sparsity first) and a distilled student of half the width,
+    ordered by their priors for `objective`; they need the job's train dataset."""
+    out: list[Candidate] = []
+    if "prune" in allowed:
+        out += [Candidate("prune/structured", f"prune(structured {s})",
+                          [{"type": "prune", "method": "structured", "sparsity": s,
+                            "fine_tune": dict(STRUCTURED_RECOVERY)}], sparsity=s) for s in STRUCTURED_SPARSITIES]
+    if "distill" in allowed:
+        out.append(Candidate("distill/width", f"distill(width {DISTILL_WIDTH})",
+                             [{"type": "distill", "student": {"width_ratio": DISTILL_WIDTH}, **DISTILL_TRAINING}]))
+    return sorted(out, key=lambda c: PRIORS[objective].get(c.key, 1.0))
+
+
 def _ladder_order(candidates: list[Candidate]) -> list[Candidate]:
     """The middle sparsity first, then upwards, then downwards: the first trial says the most about the rest."""
     ordered = sorted(candidates, key=lambda c: c.sparsity or 0.0)
@@ -241,9 +272,11 @@ class _Budget:
 
 
 def search(config: AutoConfig, runner: TrialRunner, *, metric: str, has_matmul: bool = True,
-           on_progress: Callable[[float], None] | None = None,
+           has_train: bool = False, on_progress: Callable[[float], None] | None = None,
            clock: Callable[[], float] = time.monotonic) -> SearchResult:
-    """Search recipes within `config.budget`; see the module docstring for the order and the rejections."""
+    """Search recipes within `config.budget`; see the module docstring for the order and the rejections.
+    `has_train`: the job has a train dataset, so the training recipes (structured pruning, distillation) are
+    searched too."""
     budget = _Budget(config, clock)
     baseline = runner.baseline()
     cost_of: Callable[[Measurement], float] = (
@@ -252,6 +285,7 @@ def search(config: AutoConfig, runner: TrialRunner, *, metric: str, has_matmul: 
     trials: list[Trial] = []
     notes: list[str] = []
     measured: dict[str, Trial] = {}  # label -> measured trial
+    kinds: dict[str, str] = {}  # label -> the candidate's prior key (`prune/magnitude`, `prune/structured`)
     stopped = "exhausted"
 
     def best_cost() -> float:
@@ -270,6 +304,7 @@ def search(config: AutoConfig, runner: TrialRunner, *, metric: str, has_matmul: 
             skip(candidate, str(outcome), estimate)
             return
         trial = Trial(number, candidate.label, candidate.recipe, "measured", estimate=estimate)
+        kinds[candidate.label] = candidate.key
         if isinstance(outcome, TrialFailed):
             trial.status, trial.reason, trial.details = "failed", str(outcome)[:300], dict(outcome.details)
         else:
@@ -332,18 +367,29 @@ def search(config: AutoConfig, runner: TrialRunner, *, metric: str, has_matmul: 
         trials.append(Trial(0, candidate.label, candidate.recipe, "skipped", reason=reason, estimate=estimate))
 
     def admit_sparsity(candidate: Candidate) -> Verdict:
-        sparsity = candidate.sparsity or 0.0
-        lower = [t for t in measured.values() if t.label.startswith("prune(") and t.status == "measured"]
-        too_lossy = sorted((t for t in lower if not t.meets_bound and _sparsity(t) < sparsity), key=_sparsity)
-        # No gain at one sparsity means none at the others: zeros do not change dense kernels or file sizes.
-        no_gain = [t for t in lower if cost_of(_as_measurement(t)) / base_cost >= NO_GAIN_RATIO]
+        if candidate.sparsity is None:  # a distilled student: nothing measured says anything about it
+            return None, None
+        sparsity = candidate.sparsity
+        same = [t for t in measured.values() if kinds.get(t.label) == candidate.key]
+        too_lossy = sorted((t for t in same if not t.meets_bound and _sparsity(t) < sparsity), key=_sparsity)
+        gain = {t.label: cost_of(_as_measurement(t)) / base_cost for t in same}
+        structured = candidate.key == "prune/structured"
+        # No gain at one sparsity means none at the others: zeros do not change dense kernels or file sizes. Units
+        # removed do, so there only a higher sparsity's lack of gain (or its gain within the bound) rejects.
+        no_gain = [t for t in same if gain[t.label] >= NO_GAIN_RATIO and (not structured or _sparsity(t) > sparsity)]
+        enough = [t for t in same if structured and t.meets_bound and gain[t.label] < NO_GAIN_RATIO
+                  and _sparsity(t) > sparsity]
         if too_lossy:
             return (f"sparsity {_sparsity(too_lossy[0])} already lost {too_lossy[0].drop:.4f} > "
                     f"{config.max_accuracy_drop}; a higher sparsity loses more"), None
         if no_gain:
-            ratio = cost_of(_as_measurement(no_gain[0])) / base_cost
-            return (f"sparsity {_sparsity(no_gain[0])} gave no {config.objective} gain (x{ratio:.3f}): "
-                    "zeros do not make dense kernels faster or files smaller"), None
+            why = ("removing fewer units gains less" if structured
+                   else "zeros do not make dense kernels faster or files smaller")
+            return (f"sparsity {_sparsity(no_gain[0])} gave no {config.objective} gain "
+                    f"(x{gain[no_gain[0].label]:.3f}): {why}"), None
+        if enough:
+            return (f"sparsity {_sparsity(enough[0])} met the bound at x{gain[enough[0].label]:.3f}; removing fewer "
+                    f"units cannot make a faster or smaller model"), None
         return None, None
 
     def admit_combination(candidate: Candidate) -> Verdict:
@@ -358,9 +404,11 @@ def search(config: AutoConfig, runner: TrialRunner, *, metric: str, has_matmul: 
                     f"(x{best_cost() / base_cost:.3f})"), estimate
         return None, estimate
 
-    if "distill" in config.allowed:
-        notes.append("distill is not searched by auto yet (it needs a PyTorch student and a train dataset); "
-                     "recipes use quantize and prune only")
+    if not has_train and ("prune" in config.allowed or "distill" in config.allowed):
+        skipped = [what for what, kind in (("structured pruning", "prune"), ("distillation", "distill"))
+                   if kind in config.allowed]
+        notes.append(f"{' and '.join(skipped)} skipped: they train on the job's train dataset "
+                     "(give train_dataset_id to search them)")
     priors = PRIORS[config.objective]
     singles: list[Candidate] = []
     if "quantize" in config.allowed:
@@ -370,11 +418,18 @@ def search(config: AutoConfig, runner: TrialRunner, *, metric: str, has_matmul: 
     run_stage(singles + ladder[:1], admit_sparsity)
     # Stage 2: the rest of the ladder, each sparsity checked against the ones measured.
     run_stage(ladder[1:], admit_sparsity)
-    # Stage 3: each pruning sparsity that met the bound, then each quantization mode that met it, estimated first.
-    pruned = [t for t in measured.values() if t.label.startswith("prune(") and t.meets_bound]
+    # Stage 3: the training recipes (minutes each), with the job's train data only.
+    if has_train:
+        run_stage(training_candidates(list(config.allowed), config.objective), admit_sparsity)
+    # Stage 4: each pruning sparsity that met the bound, then each quantization mode that met it, estimated first;
+    # each training recipe that met it, then the best quantization mode.
+    pruned = [t for t in measured.values() if kinds.get(t.label) == "prune/magnitude" and t.meets_bound]
     quantized = [t for t in measured.values() if t.label.startswith("quantize(") and t.meets_bound]
+    trained = [t for t in measured.values() if kinds.get(t.label) in TRAINING_KEYS and t.meets_bound]
+    best_quantized = sorted(quantized, key=lambda t: cost_of(_as_measurement(t)))[:1]
     run_stage([Candidate("combo", f"{p.label} + {q.label}", p.recipe + q.recipe, parts=(p.label, q.label))
-               for p, q in itertools.product(pruned, quantized)], admit_combination)
+               for p, q in [*itertools.product(pruned, quantized), *itertools.product(trained, best_quantized)]],
+              admit_combination)
 
     pareto, chosen, met_bound = _choose(config, runner, baseline, measured, cost_of, notes)
     if on_progress is not None:

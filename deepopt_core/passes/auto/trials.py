@@ -5,6 +5,13 @@ A runner can also be packed into a *bundle* (:meth:`OnnxTrialRunner.write_bundle
 model inputs, calibration rows, a sample batch, the original's outputs and the timing settings, so that a runner
 built from it on another machine (:meth:`OnnxTrialRunner.from_bundle`) measures a recipe the same way, with no
 tokenizer, no uploaded files and no job behind it.
+
+Recipe steps that only run on PyTorch (structured pruning with `fine_tune`, `distill` into a narrower student) run
+on the ONNX model converted to torch and exported back, as the pipeline does for an ONNX upload
+(:mod:`deepopt_core.formats.onnx_torch`, the `import` and `export` steps): a model that does not convert, or whose
+export would not take other batch sizes (BERT-family graphs), fails the trial, and the search carries on. They
+train on the job's train dataset, which a bundle does not carry: such recipes are local-only
+(:func:`needs_training`), run by the job's own process, never on another worker.
 """
 
 from __future__ import annotations
@@ -21,13 +28,14 @@ import onnx
 from pydantic import TypeAdapter, ValidationError
 
 from deepopt_core.datasets import LABELS, Dataset, load_dataset
-from deepopt_core.errors import DeepOptError
+from deepopt_core.errors import DeepOptError, PassFailed
 from deepopt_core.evaluate.benchmark import EvalInputs, Subject, common_rows, measure
 from deepopt_core.evaluate.inputs import dataset_feed, take
 from deepopt_core.formats import inspect_model
 from deepopt_core.formats.onnx import save_onnx
 from deepopt_core.passes.auto.search import Measurement, TrialFailed
 from deepopt_core.passes.context import PassContext
+from deepopt_core.planning import _representations
 from deepopt_core.registry import get_pass
 from deepopt_core.specs import BenchmarkSettings, ModelInfo, PassSpec
 
@@ -38,6 +46,9 @@ MIN_RUNS, MAX_RUNS = 10, 300
 RETIME_ROUNDS = 5
 # Calibration rows a bundle carries: more than any recipe of the search uses (static quantization takes 64).
 BUNDLE_CALIBRATION_ROWS = 1024
+# What a trial's decisions keep of each pass's decisions.
+SUMMARY_KEYS = ("mode", "method", "quantized_nodes", "sparsity", "params_before", "params_after",
+                "student_parameters", "teacher_parameters")
 
 
 class OnnxTrialRunner:
@@ -62,6 +73,7 @@ class OnnxTrialRunner:
         self.infos: dict[int, ModelInfo] = {}
         self.reference: np.ndarray | None = None
         self.runs = 20
+        self.torch_problem: str | None = None  # why the model cannot go through torch (checked once), "" if it can
 
     def _settings(self) -> BenchmarkSettings:
         return BenchmarkSettings(batch_sizes=[self.batch_size], runs=self.runs, warmup=3)
@@ -99,27 +111,29 @@ class OnnxTrialRunner:
             specs = _SPECS.validate_python(recipe)
         except ValidationError as exc:
             raise TrialFailed(f"invalid recipe: {exc.errors()[0]['msg']}") from None
-        model = onnx.ModelProto()
+        model: Any = onnx.ModelProto()
         model.CopyFrom(self.model)
         summary: list[dict[str, Any]] = []
         scratch = self.folder / f"trial-{number}"
         scratch.mkdir()
         try:
-            for spec in specs:
-                ctx = PassContext(
-                    workdir=scratch, info=self.ctx.info, sample=self.ctx.sample,
-                    calibration=self.ctx.calibration or self.ctx.eval, eval=self.ctx.eval, device="cpu",
-                    warnings=[], hf_folder=self.ctx.hf_folder, tokenizer=self.ctx.tokenizer, source=self.ctx.source,
-                )  # fmt: skip
-                model = get_pass(spec.type).load().apply_onnx(spec, model, ctx)
-                kept: dict[str, Any] = {k: ctx.decisions[k] for k in ("mode", "method", "quantized_nodes", "sparsity")
-                                        if k in ctx.decisions}
+            for index, spec in enumerate(specs):
+                on_torch = "onnx" not in _representations(spec)
+                if on_torch and isinstance(model, onnx.ModelProto):
+                    model = self._to_torch(model, scratch)
+                ctx = self._context(scratch, on_torch)
+                impl = get_pass(spec.type).load()
+                model = (impl.apply_torch if on_torch else impl.apply_onnx)(spec, model, ctx)
+                kept: dict[str, Any] = {k: ctx.decisions[k] for k in SUMMARY_KEYS if k in ctx.decisions}
                 summary.append({"type": spec.type, **kept})
+                following = specs[index + 1] if index + 1 < len(specs) else None
+                if on_torch and (following is None or "onnx" in _representations(following)):
+                    model = self._to_onnx(model, scratch)
             path = self.folder / f"trial-{number}.onnx"
             save_onnx(model, path)
             self.paths[number], self.infos[number] = path, inspect_model(path, "onnx")
             result = self._measure(number)
-        except DeepOptError as exc:
+        except (DeepOptError, PassFailed) as exc:
             raise TrialFailed(str(exc)) from None
         except Exception as exc:  # a pass or ONNX Runtime refusing the model is a failed trial, not a failed job
             raise TrialFailed(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
@@ -127,6 +141,46 @@ class OnnxTrialRunner:
             shutil.rmtree(scratch, ignore_errors=True)
         result.details["passes"] = summary
         return result
+
+    def _context(self, scratch: Path, on_torch: bool) -> PassContext:
+        """A pass's context in a trial. A torch step also gets the train data and, as its `source` (a
+        distillation's teacher), the model the search started from, as ONNX."""
+        info = self.ctx.info
+        if on_torch and info.format != "onnx":
+            info = info.model_copy(update={"format": "onnx"})
+        return PassContext(
+            workdir=scratch, info=info, sample=self.ctx.sample, calibration=self.ctx.calibration or self.ctx.eval,
+            eval=self.ctx.eval, train=self.ctx.train, device="cpu", warnings=[], hf_folder=self.ctx.hf_folder,
+            tokenizer=self.ctx.tokenizer, source=self.paths[0] if on_torch else self.ctx.source,
+        )  # fmt: skip
+
+    def _to_torch(self, model: onnx.ModelProto, scratch: Path) -> Any:
+        """The ONNX model as torch (:func:`deepopt_core.formats.onnx_torch.onnx_to_torch`). The first time, the
+        unchanged module is also exported back and checked on another batch size, so that a model the pipeline
+        could not bring back (a BERT-family graph) fails its trials at once instead of after training."""
+        from deepopt_core.formats.onnx_torch import onnx_to_torch
+
+        if self.torch_problem:
+            raise TrialFailed(self.torch_problem)
+        try:
+            module, _ = onnx_to_torch(model, self.ctx.sample, self.ctx.input_names)
+            if self.torch_problem is None:
+                self._to_onnx(module, scratch)
+        except (DeepOptError, PassFailed) as exc:
+            self.torch_problem = f"the model cannot go through PyTorch for this recipe: {exc}"
+            raise TrialFailed(self.torch_problem) from None
+        self.torch_problem = ""
+        return module
+
+    def _to_onnx(self, module: Any, scratch: Path) -> onnx.ModelProto:
+        """Export a module converted from ONNX back, as the pipeline's `export` step does after `import`."""
+        from deepopt_core.formats.onnx_torch import check_symbolic_batch
+        from deepopt_core.passes.export.impl import apply_torch as export
+
+        ctx = self._context(scratch, True)
+        exported = export(None, module, ctx)
+        check_symbolic_batch(exported, module, self.ctx.sample, self.ctx.info)
+        return exported
 
     def retime(self, numbers: list[int]) -> dict[int, float]:
         from deepopt_core.evaluate.runners import open_runner
@@ -205,6 +259,12 @@ class OnnxTrialRunner:
 
 def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     np.savez(path, **arrays)  # type: ignore[arg-type]
+
+
+def needs_training(recipe: list[dict[str, Any]]) -> bool:
+    """Whether a recipe trains on the job's train dataset (`distill`, a `fine_tune` recovery): such a recipe is
+    local-only, since a bundle carries no train data."""
+    return any(step.get("type") == "distill" or step.get("fine_tune") for step in recipe)
 
 
 def has_matmul(model: onnx.ModelProto) -> bool:

@@ -1,6 +1,6 @@
 """The `auto` pass: the search's order, rejections, budget and choice on a scripted runner (no models), the config's
-submit-time checks, and a real search on the digits MLP through `optimize` whose chosen model is checked again on
-held-out rows."""
+submit-time checks, and real searches on the digits MLP through `optimize` (without and with train data: the
+training recipes, structured pruning and distillation) whose chosen model is checked again on held-out rows."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class ScriptedRunner:
         return BASE
 
     def run(self, number: int, recipe: list[dict[str, Any]]) -> Measurement:
-        key = " + ".join(f"{s['type']}:{s.get('mode') or s.get('sparsity')}" for s in recipe)
+        key = " + ".join(_key(s) for s in recipe)
         self.ran.append(key)
         if self.clock is not None:
             self.clock[0] += self.trial_seconds
@@ -79,6 +79,14 @@ class ScriptedWaveRunner(ScriptedRunner):
                 answers[number] = exc
         self.waves.append(self.ran[before:])
         return answers
+
+
+def _key(step: dict[str, Any]) -> str:
+    if step["type"] == "distill":
+        return f"distill:{step['student']['width_ratio']}"
+    if step.get("method") == "structured":
+        return f"prune:structured {step['sparsity']}"
+    return f"{step['type']}:{step.get('mode') or step.get('sparsity')}"
 
 
 def _answers(**overrides: tuple[float, float, int]) -> dict[str, tuple[float, float, int]]:
@@ -172,6 +180,38 @@ def test_nothing_within_the_bound_keeps_the_best_trial_and_says_so() -> None:
     assert any("no recipe met the bound" in n for n in found.notes)
 
 
+def test_training_recipes_run_after_the_cheap_ones_only_with_train_data() -> None:
+    # Structured pruning pays (0.5 within the bound and faster), distillation loses too much.
+    answers = _answers(**{"prune:structured 0.5": (0.976, 4.0, 400), "prune:structured 0.25": (0.979, 6.0, 700),
+                          "distill:0.5": (0.95, 3.5, 380),
+                          "prune:structured 0.5 + quantize:static": (0.972, 2.5, 120)})
+    runner = ScriptedRunner(answers)
+    config = AutoConfig(budget={"trials": 50}, allowed=["quantize", "prune", "distill"])
+    found = search(config, runner, metric="accuracy", has_matmul=False, has_train=True)
+    # The cheap singles and the magnitude ladder first, then the training recipes by their priors; 0.25 is
+    # rejected by 0.5 (within the bound and faster), and only the best quantization mode is combined with 0.5.
+    assert runner.ran == ["quantize:dynamic", "quantize:static", "quantize:fp16", "prune:0.5",
+                          "prune:structured 0.5", "distill:0.5", "prune:structured 0.5 + quantize:static"]
+    reasons = {t.label: t.reason for t in found.trials if t.status == "skipped"}
+    assert "removing fewer units" in reasons["prune(structured 0.25)"]
+    chosen = next(t for t in found.trials if t.number == found.chosen)
+    assert chosen.label == "prune(structured 0.5) + quantize(static int8)" and found.met_bound
+    assert chosen.recipe[0]["fine_tune"] and chosen.recipe[1]["mode"] == "static"
+    # Without train data they are skipped with a note (and nothing else changes).
+    plain = ScriptedRunner(answers)
+    found = search(config, plain, metric="accuracy", has_matmul=False)
+    assert not any("structured" in key or "distill" in key for key in plain.ran)
+    assert any("structured pruning and distillation skipped" in note for note in found.notes)
+
+
+def test_distill_alone_needs_train_data_at_submit() -> None:
+    spec = AutoConfig(allowed=["distill"])
+    labelled = {"has_labels": True}
+    assert [loc for loc, _ in check_pass(spec, SubmitContext(model={}, eval=labelled))] == [("allowed",)]
+    assert check_pass(spec, SubmitContext(model={}, eval=labelled, train=labelled)) == []
+    assert check_pass(AutoConfig(allowed=["quantize", "distill"]), SubmitContext(model={}, eval=labelled)) == []
+
+
 def test_submit_checks_need_eval_data_and_labels() -> None:
     spec = AutoConfig()
     assert [loc for loc, _ in check_pass(spec, SubmitContext(model={}))] == [("max_accuracy_drop",)]
@@ -211,3 +251,60 @@ def test_auto_on_digits_meets_the_bound_on_held_out_rows(digits: dict[str, Path]
         return float((session.run(None, {"input": x[half:]})[0].argmax(1) == y[half:]).mean())
 
     assert accuracy(Path(model.path)) >= accuracy(digits["onnx"]) - 0.01
+
+
+def test_auto_with_train_data_searches_structured_pruning_and_distillation(digits: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    from examples.digits import digits_split
+
+    x_train, y_train, _, _ = digits_split(0)
+    train = tmp_path / "train.npz"
+    np.savez(train, input=x_train[:640], labels=y_train[:640])
+    rows = np.load(digits["eval"])
+    x, y = rows["input"], rows["labels"]
+    half = len(x) // 2
+    search_set = tmp_path / "search.npz"
+    np.savez(search_set, input=x[:half], labels=y[:half])
+    spec = {"type": "auto", "objective": "latency", "max_accuracy_drop": 0.01, "allowed": ["prune", "distill"],
+            "budget": {"trials": 5, "minutes": 3}}
+    result = optimize(digits["onnx"], [spec], {"eval": search_set, "train": train}, workdir=tmp_path / "out",
+                      benchmark={"batch_sizes": [8], "runs": 5, "warmup": 1, "threads": 1})
+    (decision,) = [d for d in result.decisions if d["type"] == "auto"]
+    trials = {t["label"]: t for t in decision["trials"]}
+    # The training recipes ran as trials on the ONNX model (converted to torch, trained, exported back).
+    structured, distilled = trials["prune(structured 0.5)"], trials["distill(width 0.5)"]
+    assert structured["status"] == distilled["status"] == "measured", (structured, distilled)
+    (pruned,) = structured["passes"]
+    assert pruned["method"] == "structured" and pruned["params_after"] < 0.5 * pruned["params_before"]
+    assert distilled["passes"][0]["student_parameters"] < 0.5 * distilled["passes"][0]["teacher_parameters"]
+    assert structured["size_bytes"] < 0.6 * decision["baseline"]["size_bytes"]
+    assert not any("skipped" in note for note in decision["notes"])
+    if decision["chosen"] is not None:
+        assert decision["met_bound"] is True
+        assert trials[decision["chosen_label"]]["meets_bound"] is True
+
+    (model,) = [a for a in result.artifacts if a.kind == "model"]
+
+    def accuracy(path: Path) -> float:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return float((session.run(None, {"input": x[half:]})[0].argmax(1) == y[half:]).mean())
+
+    assert accuracy(Path(model.path)) >= accuracy(digits["onnx"]) - 0.01
+
+
+def test_training_trials_are_local_only_on_the_dispatch_folder(tmp_path: Path) -> None:
+    from typing import cast
+
+    from deepopt_core.passes.auto.remote import DispatchTrialRunner
+    from deepopt_core.passes.auto.trials import OnnxTrialRunner, needs_training
+
+    structured = [{"type": "prune", "method": "structured", "sparsity": 0.5, "fine_tune": {"epochs": 3}}]
+    distill = [{"type": "distill", "student": {"width_ratio": 0.5}}]
+    assert needs_training(structured) and needs_training(distill)
+    assert not needs_training([{"type": "prune", "method": "magnitude", "sparsity": 0.5}, {"type": "quantize"}])
+    local = ScriptedRunner({"prune:structured 0.5": (0.98, 5.0, 400), "distill:0.5": (0.97, 4.0, 380)})
+    runner = DispatchTrialRunner(cast(OnnxTrialRunner, local), tmp_path)
+    answers = runner.run_many([(1, structured), (2, distill)], deadline_s=60.0)
+    # No wave (a bundle has no train data): the job's own process ran both, and says so.
+    assert local.ran == ["prune:structured 0.5", "distill:0.5"] and list((tmp_path / "waves").iterdir()) == []
+    assert all(isinstance(a, Measurement) and a.details["local_only"] for a in answers.values())

@@ -23,6 +23,9 @@ class AutoConfig:
 
     The pass measures the model it receives, then candidate recipes of the other passes (quantization modes,
     pruning sparsities, and combinations of the ones that held the bound), the cheap and promising ones first.
+    With the job's train dataset it also searches the recipes that train (they cost minutes, so they come after
+    the cheap ones): structured pruning with fine-tuning (`prune`) and a student of half the width distilled from
+    the model (`distill`).
     Recipes are rejected without running when the measured sensitivities of their parts say they cannot meet the
     bound (a pruning sparsity above one that already lost too much; a combination whose parts' drops add up past
     the bound) or cannot beat the best model found so far. Every trial (recipe, metrics, time) is recorded in the
@@ -43,8 +46,9 @@ class AutoConfig:
                 outputs to the original's); default: accuracy when the eval dataset has labels, else fidelity.
             budget (AutoBudget | Unset): How much searching the user pays for: the search stops at whichever limit it
                 reaches first.
-            allowed (list[AutoConfigAllowedItem] | Unset): Pass types recipes may use. `distill` is accepted but not
-                searched yet (a warning says so).
+            allowed (list[AutoConfigAllowedItem] | Unset): Pass types recipes may use: `quantize` (int8, fp16 and int4
+                modes), `prune` (magnitude sparsities; with train_dataset_id also structured pruning with fine-tuning),
+                `distill` (a student of half the width, distilled on train_dataset_id; needs one).
             batch_size (int | Unset): Batch size trials are timed at (objective `latency`). Default: 8.
             num_samples (int | Unset): Eval rows each trial is measured on. Default: 1024.
     """
