@@ -42,8 +42,11 @@ lint: install
 typecheck: install
 	$(PY) -m mypy
 
+# Two test processes (a file stays on one; each has its own Redis database and PostgreSQL schemas), then the
+# `serial` tests alone: they restart PostgreSQL and Redis under everything else.
 test: install lint typecheck
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile -m "not serial"
+	$(PY) -m pytest -q -ra -m serial
 
 # The committed OpenAPI spec and the generated client: run after changing the API or a pass's config.
 openapi: install

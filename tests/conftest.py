@@ -20,7 +20,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get("DEEPOPT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("DEEPOPT_TEST_REDIS", "redis://127.0.0.1:6379/7")
+# One Redis database per pytest-xdist worker (`make test` runs two): each test flushes its database, and a
+# deployment's worker must not take another test's tasks. gw0/gw1 -> 10/11; a plain run -> 7.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_REDIS_DB = 10 + int(_XDIST_WORKER[2:]) if _XDIST_WORKER.startswith("gw") else 7
+REDIS_URL = os.environ.get("DEEPOPT_TEST_REDIS", f"redis://127.0.0.1:6379/{_REDIS_DB}")
 
 # Fast failure detection in tests: heartbeats every half second, a worker is dead after 4 s of silence.
 FAST_RECOVERY = {

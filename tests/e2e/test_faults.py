@@ -19,6 +19,9 @@ import pytest
 from tests.conftest import LiveService
 from tests.e2e.test_flow import PIPELINE, TERMINAL, check_succeeded_job, upload, wait_for
 
+# These restart the machine's PostgreSQL and Redis, which every other live test uses: `make test` runs them alone.
+pytestmark = pytest.mark.serial
+
 # Long enough to restart a service in the middle: about 10 s of timed runs of the digits MLP.
 SLOW_BENCHMARK = {"batch_sizes": [1024], "runs": 3000}
 REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
