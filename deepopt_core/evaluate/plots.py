@@ -80,9 +80,17 @@ def write_tradeoff_plot(benchmarks: list[BenchmarkResult], artifacts: list[Artif
         axis.legend(loc="lower right", fontsize=8)
     figure.suptitle(f"{metric} against cost: original and optimized models")
     figure.tight_layout()
+    return save_figure(figure, folder, f"{stem}-tradeoff")
+
+
+def save_figure(figure: Any, folder: Path, name: str) -> list[Path]:
+    """Write `figure` as `<name>.svg` (no date, so the same plot gives the same bytes) and `<name>.png`, close it,
+    and return both paths."""
+    import matplotlib.pyplot as plt
+
     paths = []
     for suffix in ("svg", "png"):
-        path = folder / f"{stem}-tradeoff.{suffix}"
+        path = folder / f"{name}.{suffix}"
         figure.savefig(path, format=suffix, dpi=110, metadata={"Date": None} if suffix == "svg" else None)
         paths.append(path)
     plt.close(figure)

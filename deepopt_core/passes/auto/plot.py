@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deepopt_core.evaluate.plots import pareto_front
+from deepopt_core.evaluate.plots import pareto_front, save_figure
 
 
 def write_trials_plot(decisions: dict[str, Any], folder: Path, stem: str) -> list[Path]:
@@ -43,10 +43,4 @@ def write_trials_plot(decisions: dict[str, Any], folder: Path, stem: str) -> lis
     figure.suptitle(f"auto: {len(measured)} trials by {decisions['objective']} (numbers are trial numbers; "
                     "green: chosen)")
     figure.tight_layout()
-    paths = []
-    for suffix in ("svg", "png"):
-        path = folder / f"{stem}-auto-trials.{suffix}"
-        figure.savefig(path, format=suffix, dpi=110, metadata={"Date": None} if suffix == "svg" else None)
-        paths.append(path)
-    plt.close(figure)
-    return paths
+    return save_figure(figure, folder, f"{stem}-auto-trials")
