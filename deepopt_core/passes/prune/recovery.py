@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepopt_core.formats.torch_common import unwrap
-from deepopt_core.passes.prune.sparsity import Masks, apply_masks, weight_of
+from deepopt_core.passes.prune.sparsity import Masks, apply_masks, matches, weight_of
 
 log = logging.getLogger("deepopt.passes.prune")
 
@@ -195,6 +195,8 @@ class FineTune:
         train_mode: run the model in train mode (dropout, BatchNorm statistics) while recovering.
         batch_size: re-batch the data to this size (None = as given).
         seed: seeds shuffling.
+        freeze: parameter names or globs kept fixed, without gradients (e.g. ``("embeddings",)``: a transformer's
+            embeddings, which structured pruning leaves intact; saves their backward pass and optimizer state).
     """
 
     epochs: int = 1
@@ -209,13 +211,17 @@ class FineTune:
     train_mode: bool = True
     batch_size: int | None = None
     seed: int = 0
+    freeze: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: FineTune | Mapping[str, Any] | None) -> FineTune | None:
         """From a ``{"epochs": .., "lr": ..}`` mapping (or None / an instance)."""
         if config is None or isinstance(config, FineTune):
             return config
-        return cls(**dict(config))
+        fields = dict(config)
+        if "freeze" in fields:
+            fields["freeze"] = tuple(fields["freeze"])
+        return cls(**fields)
 
 
 @contextmanager
@@ -334,6 +340,9 @@ def recover(
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+    frozen = [p for n, p in model.named_parameters() if p.requires_grad and matches(n, fine_tune.freeze)]
+    for p in frozen:
+        p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=fine_tune.lr, weight_decay=fine_tune.weight_decay)
     hooks = []
@@ -405,6 +414,8 @@ def recover(
     finally:
         for hook in hooks:
             hook.remove()
+        for p in frozen:
+            p.requires_grad_(True)
         optimizer.zero_grad(set_to_none=True)
     model.eval()
     return {"steps": steps, "seconds": round(time.perf_counter() - started, 3), "method": method,

@@ -359,6 +359,23 @@ def test_structured_bert_heads_ffn_distill_and_reload(bert: dict[str, object], t
     torch.testing.assert_close(_pooled(reloaded, bert["test"]), _pooled(model, bert["test"]))
 
 
+def test_recover_freeze_keeps_embeddings(bert: dict[str, object]) -> None:
+    dense = bert["model"]
+    model = copy.deepcopy(dense)
+    structured.structured_prune(model, {"heads": 0.5, "ffn": 0.5}, importance="magnitude")
+    embeddings = {k: v.clone() for k, v in model.embeddings.state_dict().items()}
+    query = model.encoder.layer[0].attention.self.query.weight.detach().clone()
+    spec = recovery.FineTune.from_config({"epochs": 1, "lr": 1e-3, "method": "distill", "distill_loss": "cosine",
+                                          "hidden_weight": 1.0, "freeze": ["embeddings"]})
+    assert spec is not None and spec.freeze == ("embeddings",)
+    recovery.recover(model, bert["calib"], spec, teacher=recovery.snapshot(dense),
+                     output_fn=recovery.mean_pooled_output)
+    for key, value in model.embeddings.state_dict().items():
+        torch.testing.assert_close(value, embeddings[key])
+    assert not torch.equal(model.encoder.layer[0].attention.self.query.weight, query)
+    assert all(p.requires_grad for p in model.parameters())  # frozen only while recovering
+
+
 def test_structured_transformer_encoder_layer() -> None:
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
