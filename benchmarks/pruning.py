@@ -13,10 +13,12 @@ installed packages, disjoint from the test sentences.
 Sections:
 
 1. unstructured, no fine-tuning, at 50/70/90%: stock `prune.global_unstructured(L1Unstructured)` over the same
-   layers, our magnitude (global / per layer) and our OBS (oBERT-style, one-shot, one inverse Fisher reused);
+   layers, our magnitude (global / per layer), our OBS (oBERT-style, one-shot, one inverse Fisher reused) and
+   our OBS with each layer's input Hessian (`hessian: inputs`: SparseGPT masks + least-squares refit);
 2. digits CNN at 90% with fine-tuning, same number of epochs for all: stock L1 one-shot + fine-tuning, gradual
    magnitude (cubic schedule), gradual OBS;
-3. 2:4 (magnitude / OBS), with the verifier, also on the ONNX MiniLM (numpy, MatMul weights);
+3. 2:4 (magnitude / OBS with the Fisher / with input Hessians), with the verifier, also on the ONNX MiniLM (numpy,
+   MatMul weights);
 4. structured: digits CNN channels + neurons (Fisher / Taylor / magnitude importance, fine-tuning; the stock
    `prune.ln_structured` only masks, shown for reference), MiniLM heads + FFN neurons (Fisher importance,
    least-squares reconstruction, distillation); parameters and ONNX Runtime latency (MiniLM at 8 x 128 tokens);
@@ -47,6 +49,7 @@ from benchmarks import common
 from benchmarks import common_pruning as cp
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DIGITS_PARTS = ("unstructured", "fine-tune", "2:4", "structured")
 MINILM_PARTS = ("unstructured", "obs-steps", "obs-distill", "2:4", "storage", "structured")
 
 
@@ -140,9 +143,10 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
             "digits MLP", mlp, mlp_acc, "accuracy", levels,
             lambda m, s, f, scope: obs.obs_prune(m, s, data=calib, block_size=64, num_gradients=1024, fishers=f,
                                                  scope=scope),
-            lambda m: obs.compute_inverse_fishers(m, sp.select_layers(m), calib, block_size=64, num_gradients=1024,
-                                                  dampening=1e-2))
-        for method in ("magnitude", "obs"):
+            None if args.skip_fisher else lambda m: obs.compute_inverse_fishers(
+                m, sp.select_layers(m), calib, block_size=64, num_gradients=1024, dampening=1e-2),
+            lambda m, s, scope: obs.obs_prune(m, s, data=calib, hessian="inputs", scope=scope))
+        for method in ("magnitude",) if args.skip_fisher else ("magnitude", "obs"):
             m = copy.deepcopy(mlp)
             report, secs = _timed(lambda m=m, method=method: nm.nm_prune(
                 m, 2, 4, method=method, data=calib, block_size=64, num_gradients=1024, update="sequential"))
@@ -162,12 +166,15 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
     dense_acc = cnn_acc(cnn)
     rows.append(Row("digits CNN", "dense", "dense", "reference", quality=dense_acc, quality_name="accuracy",
                     params=sp.count_parameters(cnn)))
-    rows += _unstructured(
-        "digits CNN", cnn, cnn_acc, "accuracy", levels,
-        lambda m, s, f, scope: obs.obs_prune(m, s, data=calib, block_size=64, num_gradients=1024, fishers=f,
-                                             scope=scope),
-        lambda m: obs.compute_inverse_fishers(m, sp.select_layers(m), calib, block_size=64, num_gradients=1024,
-                                              dampening=1e-2))
+    parts = set(args.digits_parts)
+    if "unstructured" in parts:
+        rows += _unstructured(
+            "digits CNN", cnn, cnn_acc, "accuracy", levels,
+            lambda m, s, f, scope: obs.obs_prune(m, s, data=calib, block_size=64, num_gradients=1024, fishers=f,
+                                                 scope=scope),
+            None if args.skip_fisher else lambda m: obs.compute_inverse_fishers(
+                m, sp.select_layers(m), calib, block_size=64, num_gradients=1024, dampening=1e-2),
+            lambda m, s, scope: obs.obs_prune(m, s, data=calib, hessian="inputs", scope=scope))
 
     # 90% with fine-tuning: the same number of epochs for every method
     steps, per_step = args.ft_steps, args.ft_epochs
@@ -184,7 +191,7 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
             m, 0.9, data=calib, steps=steps, block_size=64, num_gradients=1024, update="sequential",
             fine_tune=ft, train_data=train)),
     ]
-    for method, variant, fn in variants:
+    for method, variant, fn in variants if "fine-tune" in parts else ():
         m = copy.deepcopy(cnn)
         try:
             _, secs = _timed(lambda m=m, fn=fn: fn(m))
@@ -200,14 +207,19 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
             rows.append(_error_row("digits CNN", "90% + fine-tuning", method, variant, exc))
 
     # 2:4
-    for method in ("magnitude", "obs"):
+    nm_variants = (("magnitude", "fisher"), ("obs", "inputs")) + (() if args.skip_fisher else (("obs", "fisher"),))
+    for method, hessian in nm_variants if "2:4" in parts else ():
         m = copy.deepcopy(cnn)
-        report, secs = _timed(lambda m=m, method=method: nm.nm_prune(
-            m, 2, 4, method=method, data=calib, block_size=64, num_gradients=1024, update="sequential"))
-        rows.append(Row("digits CNN", "2:4", method, "one-shot", 0.5, cnn_acc(m), "accuracy", secs,
+        report, secs = _timed(lambda m=m, method=method, hessian=hessian: nm.nm_prune(
+            m, 2, 4, method=method, hessian=hessian, data=calib, block_size=64, num_gradients=1024,
+            update="sequential"))
+        variant = "one-shot, input Hessians" if hessian == "inputs" else "one-shot"
+        rows.append(Row("digits CNN", "2:4", method, variant, 0.5, cnn_acc(m), "accuracy", secs,
                         extra={"verified": report.details["verification"]["ok"]}))
 
     # structured: channels + neurons
+    if "structured" not in parts:
+        return rows
     dense_path = common.export_digits(cnn, work / "cnn_dense.onnx")
     struct_rows = [Row("digits CNN", "structured", "dense", "reference", 0.0, dense_acc, "accuracy",
                        params=sp.count_parameters(cnn), extra={"path": str(dense_path)})]
@@ -248,9 +260,11 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
 
 def _unstructured(model_name: str, model: Any, quality: Callable[[Any], float], quality_name: str,
                   levels: tuple[float, ...], obs_fn: Callable[[Any, float, Any, str], Any],
-                  fisher_fn: Callable[[Any], Any] | None) -> list[Row]:
+                  fisher_fn: Callable[[Any], Any] | None,
+                  inputs_fn: Callable[[Any, float, str], Any] | None = None,
+                  input_scopes: tuple[str, ...] = ("layer", "global")) -> list[Row]:
     """Stock L1 vs our magnitude vs our OBS at each sparsity, no fine-tuning; one inverse Fisher for all levels
-    (no OBS rows when `fisher_fn` is None)."""
+    (no Fisher OBS rows when `fisher_fn` is None); `inputs_fn` adds OBS with each layer's input Hessian."""
     from deepopt_core.passes.prune import gradual
 
     rows = []
@@ -266,6 +280,10 @@ def _unstructured(model_name: str, model: Any, quality: Callable[[Any], float], 
             ("obs", "one-shot, layer", lambda m, s=level: obs_fn(m, s, fishers, "layer"), fisher_s),
             ("obs", "one-shot, global", lambda m, s=level: obs_fn(m, s, fishers, "global"), fisher_s),
         ][: 5 if fisher_fn is not None else 3]
+        if inputs_fn is not None:
+            for scope in input_scopes:
+                variants.append(("obs", f"one-shot, input Hessians ({scope})",
+                                 lambda m, s=level, scope=scope: inputs_fn(m, s, scope), 0.0))
         for method, variant, fn, extra_s in variants:
             m = copy.deepcopy(model)
             try:
@@ -381,11 +399,14 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
     if "unstructured" in parts:
         rows += _unstructured("MiniLM", model, fidelity, "fidelity", tuple(args.levels),
                               lambda m, s, f, scope: obs.obs_prune(m, s, data=calib_b, fishers=f, scope=scope,
-                                                                   **obs_kwargs), None if light else fisher_fn)
-        if not light:
+                                                                   **obs_kwargs),
+                              None if light or args.skip_fisher else fisher_fn,
+                              lambda m, s, scope: obs.obs_prune(m, s, data=calib_b, hessian="inputs", scope=scope,
+                                                                output_fn=pooled), tuple(args.input_scopes))
+        if not light and not args.skip_fisher:
             fisher_s = next(r.extra["fisher_s"] for r in rows if r.model == "MiniLM" and r.method == "obs")
         for r in rows:
-            if r.model == "MiniLM" and r.method == "obs":
+            if r.model == "MiniLM" and r.method == "obs" and "input Hessians" not in r.variant:
                 r.extra.update({"num_gradients": args.gradients, "block_size": block, "update": args.minilm_update,
                                 "calib_sentences": len(sets["calib"])})
     fishers = fishers_holder.get("f")
@@ -422,15 +443,20 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
         obs50 = None
 
     # 2:4
-    for method in ("magnitude", "obs") if "2:4" in parts else ():
+    nm_variants = (("magnitude", "fisher"), ("obs", "fisher"), ("obs", "inputs"))
+    for method, hessian in nm_variants if "2:4" in parts else ():
+        if fishers is None and (method, hessian) == ("obs", "fisher"):
+            continue
         m = copy.deepcopy(model)
         try:
-            report, secs = _timed(lambda m=m, method=method: nm.nm_prune(
-                m, 2, 4, method=method, data=calib_b, fishers=fishers if method == "obs" else None,
-                block_size=block, update=args.minilm_update, output_fn=pooled))
+            report, secs = _timed(lambda m=m, method=method, hessian=hessian: nm.nm_prune(
+                m, 2, 4, method=method, hessian=hessian, data=calib_b, block_size=block,
+                fishers=fishers if (method, hessian) == ("obs", "fisher") else None, update=args.minilm_update,
+                output_fn=pooled))
             layers = report.details["verification"]["layers"]
-            rows.append(Row("MiniLM", "2:4", method, "one-shot", 0.5, fidelity(m), "fidelity",
-                            secs + (fisher_s if method == "obs" else 0.0),
+            variant = "one-shot, input Hessians" if hessian == "inputs" else "one-shot"
+            rows.append(Row("MiniLM", "2:4", method, variant, 0.5, fidelity(m), "fidelity",
+                            secs + (fisher_s if (method, hessian) == ("obs", "fisher") else 0.0),
                             extra={"verified": report.details["verification"]["ok"], "layers": len(layers),
                                    "per_layer_sparsity": sorted({v["sparsity"] for v in layers.values()})}))
         except Exception as exc:  # noqa: BLE001
@@ -494,8 +520,11 @@ def _minilm_structured(work: Path, args: argparse.Namespace, model: Any, tok: An
     struct_rows = [Row("MiniLM", "structured", "dense", "reference", 0.0, 1.0, "fidelity",
                        params=sp.count_parameters(model), extra={"path": str(dense_path)})]
     plan = {"heads": args.head_sparsity, "ffn": args.ffn_sparsity}
+    # the embeddings are not pruned: frozen, their backward pass and Adam state are saved
     spec = {"epochs": args.struct_distill_epochs, "lr": args.struct_lr, "distill_loss": "cosine",
-            "hidden_weight": 1.0, "train_mode": False}
+            "hidden_weight": 1.0, "train_mode": False, "freeze": ("embeddings",)}
+    # smaller batches than the shared train batches: more optimizer steps for the same compute
+    struct_train = cp.bert_batches(tok, sets["train"], args.struct_batch, sort=True)
     desc = f"heads -{plan['heads']:.0%}, ffn -{plan['ffn']:.0%}, {args.struct_scope}"
 
     def add_struct(m: Any, importance: str, variant: str, secs: float, params: int, extra: dict[str, Any]) -> None:
@@ -519,11 +548,12 @@ def _minilm_structured(work: Path, args: argparse.Namespace, model: Any, tok: An
             round_to=args.round_to))
         kept = {k: v["kept"] for k, v in report.groups.items()}
         add_struct(m, "fisher", "least-squares reconstruction", secs + score_s, report.params_after, {"kept": kept})
-        recovered, distill_s = _timed(lambda: recovery.recover(m, train_b, recovery.FineTune(**spec),
+        recovered, distill_s = _timed(lambda: recovery.recover(m, struct_train, recovery.FineTune(**spec),
                                                                teacher=recovery.snapshot(model), output_fn=pooled))
         add_struct(m, "fisher", f"reconstruction + distillation {args.struct_distill_epochs} ep",
                    secs + score_s + distill_s, report.params_after,
-                   {"recovery": recovered, "train_sentences": len(sets["train"]), "lr": args.struct_lr})
+                   {"recovery": recovered, "train_sentences": len(sets["train"]), "lr": args.struct_lr,
+                    "batch": args.struct_batch})
     except Exception as exc:  # noqa: BLE001
         if not light:
             struct_rows.append(_error_row("MiniLM", "structured", "fisher", desc, exc))
@@ -577,7 +607,8 @@ def _targets(rows: list[Row]) -> list[dict[str, Any]]:
                 check(f"{model} {level:.0%} no FT: best obs ({best_obs.variant.split(', ')[1]}) - best magnitude "
                       f"({best_base.method} {best_base.variant})", round(margin, 4), ok,
                       ">= 0 (50%), > 0.02 (70/90%)")
-    for variant in ("one-shot, global", "one-shot, layer", f"{_steps(rows)} one-shot steps"):
+    one_shot = ("one-shot, global", "one-shot, layer", "one-shot, input Hessians", f"{_steps(rows)} one-shot steps")
+    for variant in one_shot:
         o = _get(rows, "MiniLM", "unstructured", "obs", 0.5, variant)
         if o and "+" not in o.variant:
             check(f"MiniLM 50% obs ({o.variant}) fidelity", round(o.quality or 0, 4), (o.quality or 0) >= 0.95,
@@ -611,11 +642,10 @@ def _targets(rows: list[Row]) -> list[dict[str, Any]]:
             ratio = r.extra.get("ratio_zip") or 1.0
             check(f"{r.model} {r.variant}: zip download vs fp32, x smaller", round(1 / ratio, 2), 1 / ratio >= 8,
                   ">= 8x")
-    for method in ("magnitude", "obs"):
-        r = _get(rows, "MiniLM", "2:4", method)
-        if r:
+    for r in rows:
+        if r.model == "MiniLM" and r.section == "2:4" and r.error is None:
             per_layer = r.extra.get("per_layer_sparsity")
-            check(f"MiniLM 2:4 ({method}) exactly 50% per pruned layer, verified", per_layer,
+            check(f"MiniLM 2:4 ({r.method}, {r.variant}) exactly 50% per pruned layer, verified", per_layer,
                   per_layer == [0.5] and r.extra.get("verified"), "[0.5], pattern verified")
     return out
 
@@ -697,12 +727,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minilm-update", default="sequential", choices=["multi", "sequential"])
     parser.add_argument("--obs-steps", type=int, default=4, help="MiniLM: OBS 50%% in this many one-shot steps")
     parser.add_argument("--distill-epochs", type=int, default=1, help="MiniLM OBS 50%% distillation epochs")
-    parser.add_argument("--head-sparsity", type=float, default=0.5)
-    parser.add_argument("--ffn-sparsity", type=float, default=0.5)
-    parser.add_argument("--struct-scope", default="global", choices=["global", "layer"])
+    parser.add_argument("--head-sparsity", type=float, default=0.25, help="MiniLM structured: heads removed")
+    parser.add_argument("--ffn-sparsity", type=float, default=0.55, help="MiniLM structured: FFN neurons removed")
+    parser.add_argument("--struct-scope", default="layer", choices=["global", "layer"])
     parser.add_argument("--round-to", type=int, default=1)
     parser.add_argument("--struct-distill-epochs", type=int, default=3, help="MiniLM structured distillation")
-    parser.add_argument("--struct-lr", type=float, default=3e-4, help="MiniLM structured distillation lr")
+    parser.add_argument("--struct-lr", type=float, default=2e-4, help="MiniLM structured distillation lr")
+    parser.add_argument("--struct-batch", type=int, default=16, help="MiniLM structured distillation batch")
     parser.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.7, 0.9],
                         help="MiniLM unstructured sparsities (no fine-tuning)")
     parser.add_argument("--minilm-parts", nargs="+", default=list(MINILM_PARTS), choices=MINILM_PARTS,
@@ -716,6 +747,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--skip-mlp", action="store_true", help="digits: the CNN only")
+    parser.add_argument("--digits-parts", nargs="+", default=list(DIGITS_PARTS), choices=DIGITS_PARTS,
+                        help="digits CNN sections to run")
+    parser.add_argument("--input-scopes", nargs="+", default=["layer", "global"], choices=["layer", "global"],
+                        help="MiniLM: scopes of the OBS rows with input Hessians")
+    parser.add_argument("--skip-fisher", action="store_true",
+                        help="leave out the empirical-Fisher OBS rows (slow; to --merge new rows into a run)")
     parser.add_argument("--light-minilm", action="store_true",
                         help="MiniLM without the inverse Fisher (no OBS rows, magnitude-only structured pruning)")
     parser.add_argument("--merge", type=Path, nargs="+", help="combine the rows of earlier runs' pruning.json")

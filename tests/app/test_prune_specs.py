@@ -64,6 +64,8 @@ BAD = [
     ({"method": "obs", "sparsity": 0.5}, "ts", {"calibration": "calibration"}, "passes.0.method", "TorchScript"),
     ({"sparsity": 0.5, "fine_tune": {"epochs": 1}}, "onnx", {}, "passes.0.fine_tune", "train_dataset_id"),
     ({"method": "structured", "sparsity": 0.5, "importance": "taylor"}, "pt2", {}, "passes.0.importance", "data"),
+    ({"method": "obs", "sparsity": 0.5, "hessian": "outputs"}, "pt2", {"calibration": "calibration"},
+     "passes.0.hessian", "fisher"),
 ]  # fmt: skip
 
 
@@ -78,18 +80,20 @@ def test_methods_are_queued_with_defaults_and_bad_configs_are_422(client: httpx.
     specs = {
         "magnitude": {"sparsity": 0.8, "schedule": {"steps": 3}, "fine_tune": {"epochs": 2}},
         "obs": {"sparsity": 0.7},
+        "obs_inputs": {"method": "obs", "sparsity": 0.5, "hessian": "inputs"},
         "nm": {},
         "structured": {"sparsity": 0.5, "importance": "fisher", "fine_tune": {"epochs": 1, "lr": 1e-3}},
     }
     stored = {}
     for method, fields in specs.items():
-        response = submit(client, ids, {"method": method, **fields}, **data)
+        response = submit(client, ids, {"method": method, **fields}, **data)  # fields may name the method
         assert response.status_code == 202, response.text
         stored[method] = response.json()["spec"]["passes"][0]
     assert stored["magnitude"]["schedule"] == {"steps": 3, "initial_sparsity": 0.0}
     assert stored["magnitude"]["fine_tune"] == {"epochs": 2, "lr": 1e-3, "method": "auto", "batch_size": 32}
     assert {k: stored["obs"][k] for k in ("block_size", "num_gradients", "dampening", "scope", "keep_head")} == {
         "block_size": 32, "num_gradients": 128, "dampening": 0.01, "scope": "layer", "keep_head": True}
+    assert stored["obs"]["hessian"] == "fisher" and stored["obs_inputs"]["hessian"] == "inputs"
     assert (stored["nm"]["n"], stored["nm"]["m"], stored["nm"]["selection"]) == (2, 4, "magnitude")
     assert stored["structured"]["units"] is None and stored["structured"]["exclude"] == []
     # N:M by magnitude runs on an ONNX upload; the torch methods convert it to torch (and export back).

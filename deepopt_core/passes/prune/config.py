@@ -130,23 +130,32 @@ class MagnitudePruneConfig(_PruneBase):
 class ObsPruneConfig(_PruneBase):
     """Second-order unstructured pruning in the style of the Optimal BERT Surgeon.
 
-    A block-diagonal inverse empirical Fisher (blocks of `block_size` weights, `num_gradients` per-sample gradients
-    on the calibration data, else the train data) ranks weights by the OBS saliency ``w^2 / (2 [F^-1]_qq)``; the
-    remaining weights of each block get the optimal update. One-shot, or gradual with a `schedule` (a fresh Fisher
-    at every step). Needs gradients of layer outputs: runs on a torch.export or Hugging Face model, or on an ONNX
-    model converted to torch and exported back. Kurtic et al., 2022, https://arxiv.org/abs/2203.07259
+    `hessian: fisher`: a block-diagonal inverse empirical Fisher (blocks of `block_size` weights, `num_gradients`
+    per-sample gradients on the calibration data, else the train data) ranks weights by the OBS saliency
+    ``w^2 / (2 [F^-1]_qq)``; the remaining weights of each block get the optimal update (Kurtic et al., 2022,
+    https://arxiv.org/abs/2203.07259). `hessian: inputs`: the same saliency and update with each layer's exact
+    Hessian of its output error, ``2 X X^T`` over the layer's calibration inputs, layers pruned in forward order
+    (OBC / SparseGPT, Frantar & Alistarh, https://arxiv.org/abs/2301.00774): no gradients, one forward pass per
+    layer, and the better one-shot choice without fine-tuning (see the pruning benchmark). One-shot, or gradual
+    with a `schedule` (a fresh Hessian at every step). Runs on a torch.export or Hugging Face model, or on an ONNX
+    model converted to torch and exported back.
     """
 
     method: Literal["obs"] = "obs"
     sparsity: float = Field(..., ge=0.0, lt=1.0, description="Fraction of the pruned layers' weights set to zero.")
     scope: Literal["global", "layer"] = Field(
         "layer", description="`layer`: every layer to the same sparsity; `global`: saliencies ranked across layers.")
+    hessian: Literal["fisher", "inputs"] = Field(
+        "fisher", description="`fisher`: block-diagonal empirical Fisher from per-sample gradients (oBERT); "
+        "`inputs`: each layer's exact Hessian 2XX^T of its output error on the calibration inputs (SparseGPT; "
+        "with `scope: global` the layers' sparsities come from a global magnitude ranking).")
     block_size: int = Field(32, ge=4, le=256, description="Weights per Fisher block (memory: weights x block_size).")
-    num_gradients: int = Field(128, ge=4, le=16_384, description="Per-sample gradients in each Fisher.")
-    dampening: float = Field(1e-2, gt=0, le=10.0, description="Fisher dampening, relative to its mean diagonal.")
+    num_gradients: int = Field(128, ge=4, le=16_384, description="Per-sample gradients in each Fisher; with "
+                               "`hessian: inputs`, the calibration samples whose inputs form the Hessians.")
+    dampening: float = Field(1e-2, gt=0, le=10.0, description="Hessian dampening, relative to its mean diagonal.")
     update: Literal["sequential", "multi"] = Field(
         "sequential", description="`sequential`: greedy one weight at a time with OBS updates (OBC); `multi`: "
-        "oBERT's closed-form update of each block.")
+        "oBERT's closed-form update of each block (`hessian: fisher`).")
     schedule: Schedule | None = Field(None, description="Gradual pruning; None: one-shot.")
 
     def representations(self) -> tuple[str, ...]:
@@ -155,8 +164,8 @@ class ObsPruneConfig(_PruneBase):
     def check(self, context: SubmitContext) -> Problems:
         problems = self._data_problems(context)
         if context.calibration is None and context.train is None:
-            problems.append((("method",), "obs estimates the Fisher from gradients on data: give "
-                             "calibration_dataset_id or train_dataset_id"))
+            problems.append((("method",), "obs estimates the Hessian on data: give calibration_dataset_id or "
+                             "train_dataset_id"))
         if self.schedule is not None and self.schedule.steps > 1 and self.fine_tune is None:
             problems.append((("schedule",), "a schedule fine-tunes between its steps: give fine_tune"))
         return problems + self._torch_only(context, "method", "obs (gradients of layer outputs)")
@@ -173,6 +182,9 @@ class NMPruneConfig(_PruneBase):
     n: int = Field(2, ge=1, le=63, description="Nonzeros kept per group.")
     m: int = Field(4, ge=2, le=64, description="Group size along the input dimension.")
     selection: Literal["magnitude", "obs"] = Field("magnitude", description="How the kept weights are chosen.")
+    hessian: Literal["fisher", "inputs"] = Field(
+        "fisher", description="OBS selection: block-diagonal empirical Fisher (`fisher`) or each layer's input "
+        "Hessian (`inputs`, SparseGPT; the Fisher settings are then unused).")
     block_size: int = Field(32, ge=4, le=256, description="OBS selection: Fisher block (rounded to a multiple of m).")
     num_gradients: int = Field(128, ge=4, le=16_384, description="OBS selection: per-sample gradients.")
     dampening: float = Field(1e-2, gt=0, le=10.0, description="OBS selection: relative Fisher dampening.")

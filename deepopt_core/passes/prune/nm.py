@@ -159,6 +159,7 @@ def nm_prune(
     m: int = 4,
     *,
     method: Literal["magnitude", "obs"] = "magnitude",
+    hessian: Literal["fisher", "inputs"] = "fisher",
     data: Sequence[Batch] | None = None,
     targets: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
@@ -183,6 +184,8 @@ def nm_prune(
         n: nonzeros kept per group.
         m: group size (consecutive weights along the input dimension).
         method: ``"magnitude"`` or ``"obs"`` (needs `data`).
+        hessian: OBS with the block-diagonal empirical Fisher (``"fisher"``) or each layer's input Hessian
+            (``"inputs"``, :mod:`deepopt_core.passes.prune.layerwise`; the Fisher settings are then unused).
         data: calibration batches (OBS).
         targets: module names/globs to prune (None = all Linear/Conv).
         exclude: module names/globs to leave dense.
@@ -218,6 +221,17 @@ def nm_prune(
             for name, module in layers.items():
                 keep = nm_keep_mask(input_dim_view(module, weight_of(module)).abs(), n, m)
                 view_keep[name] = keep
+    elif hessian == "inputs":
+        if not data:
+            raise ValueError("N:M with OBS needs calibration data")
+        from deepopt_core.passes.prune.layerwise import layerwise_obs_prune
+
+        inner = layerwise_obs_prune(model, (m - n) / m, data=data, dampening=dampening, nm=(n, m),
+                                    output_fn=output_fn, targets=list(layers), keep_head=False)
+        for name, module in layers.items():  # a layer the forward never called: by magnitude
+            view = input_dim_view(module, weight_of(module)).detach()
+            kept = inner.details["keep"].get(name)
+            view_keep[name] = input_dim_view(module, kept) if kept is not None else nm_keep_mask(view.abs(), n, m)
     else:
         if data is None and fishers is None:
             raise ValueError("N:M with OBS needs calibration data")
@@ -246,7 +260,8 @@ def nm_prune(
                            masks=masks, layers=layers, output_fn=output_fn)
     verification = verify_nm(model, n, m, list(layers))
     report = make_report("nm", model, layers, (m - n) / m, time.perf_counter() - started, pattern=f"{n}:{m}",
-                         selection=method, verification=verification.as_dict(), recovery=recovery)
+                         selection=method, hessian=hessian if method == "obs" else None,
+                         verification=verification.as_dict(), recovery=recovery)
     report.details["keep"] = masks
     return report
 

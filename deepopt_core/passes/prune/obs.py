@@ -541,6 +541,7 @@ def obs_prune(
     dampening: float = 1e-2,
     scope: Literal["global", "layer"] = "layer",
     update: Update = "sequential",
+    hessian: Literal["fisher", "inputs"] = "fisher",
     objective: Objective = "auto",
     output_fn: OutputFn = model_output,
     targets: Sequence[str] | None = None,
@@ -566,6 +567,9 @@ def obs_prune(
         scope: rank saliencies within each layer (uniform sparsity) or across all selected layers.
         update: ``"sequential"`` (OBC-style greedy choice within each block, same count per block, OBS updates)
             or ``"multi"`` (oBERT's closed-form update of each block for the set ranked lowest).
+        hessian: ``"fisher"`` (this module) or ``"inputs"``: each layer's exact input Hessian, layers in forward
+            order (:func:`deepopt_core.passes.prune.layerwise.layerwise_obs_prune`; the Fisher settings are
+            unused).
         objective: gradients' loss (``"auto"`` = ``"gaussian"``, the output Fisher; ``"labels"`` = oBERT's
             empirical Fisher).
         output_fn: model output for the objective (e.g. mean-pooled embeddings for sentence encoders).
@@ -584,6 +588,12 @@ def obs_prune(
         The report (measured sparsity per layer, seconds, groups); the keep-masks are ``report.details["keep"]``
         (by layer name, shaped like each weight; drop them before serializing).
     """
+    if hessian == "inputs":
+        from deepopt_core.passes.prune.layerwise import layerwise_obs_prune
+
+        return layerwise_obs_prune(model, sparsity, data=data, dampening=dampening, output_fn=output_fn,
+                                   targets=targets, exclude=exclude, keep_head=keep_head, scope=scope, masks=masks,
+                                   fine_tune=fine_tune, train_data=train_data)
     started = time.perf_counter()
     layers = select_layers(model, targets, exclude, keep_head=keep_head)
     if not layers:
@@ -662,6 +672,7 @@ def gradual_obs_prune(
     dampening: float = 1e-2,
     scope: Literal["global", "layer"] = "layer",
     update: Update = "sequential",
+    hessian: Literal["fisher", "inputs"] = "fisher",
     objective: Objective = "auto",
     output_fn: OutputFn = model_output,
     targets: Sequence[str] | None = None,
@@ -695,16 +706,16 @@ def gradual_obs_prune(
 
     def step(target: float, masks: Masks | None) -> Masks:
         report = obs_prune(model, target, data=data, block_size=block_size, num_gradients=num_gradients,
-                           dampening=dampening, scope=scope, update=update, objective=objective, output_fn=output_fn,
-                           targets=list(layers), keep_head=False, memory_mb=memory_mb, inverse=inverse,
-                           masks=masks, seed=seed)
+                           dampening=dampening, scope=scope, update=update, hessian=hessian, objective=objective,
+                           output_fn=output_fn, targets=list(layers), keep_head=False, memory_mb=memory_mb,
+                           inverse=inverse, masks=masks, seed=seed)
         return report.details["keep"]
 
     masks, history = gradual_prune(model, layers, sparsity, steps=steps, prune_step=step, callback=callback,
                                    initial_sparsity=initial_sparsity)
     report = make_report("obs", model, layers, sparsity, time.perf_counter() - started, scope=scope,
                          block_size=block_size, num_gradients=num_gradients, dampening=dampening, update=update,
-                         schedule={"steps": steps, "initial_sparsity": initial_sparsity})
+                         hessian=hessian, schedule={"steps": steps, "initial_sparsity": initial_sparsity})
     report.steps = history
     report.details["keep"] = masks
     return report

@@ -164,6 +164,7 @@ def _run(spec: Any, core: nn.Module, ctx: PassContext, output_fn: OutputFn, fine
         data = _calibration(ctx, max(spec.num_gradients, 32), "obs")
         settings: dict[str, Any] = {"data": data, "block_size": spec.block_size, "num_gradients": spec.num_gradients,
                                     "dampening": spec.dampening, "scope": spec.scope, "update": spec.update,
+                                    "hessian": spec.hessian,
                                     "output_fn": output_fn, "fine_tune": fine_tune, "train_data": train, **common}
         if spec.schedule is not None and spec.schedule.steps > 1:
             report = gradual_obs_prune(core, spec.sparsity, steps=spec.schedule.steps,
@@ -175,13 +176,14 @@ def _run(spec: Any, core: nn.Module, ctx: PassContext, output_fn: OutputFn, fine
         from deepopt_core.passes.prune.nm import nm_prune
 
         nm_data = _calibration(ctx, max(spec.num_gradients, 32), "OBS selection") if spec.selection == "obs" else None
-        report = nm_prune(core, spec.n, spec.m, method=spec.selection, data=nm_data, block_size=spec.block_size,
-                          num_gradients=spec.num_gradients, dampening=spec.dampening, output_fn=output_fn,
-                          fine_tune=fine_tune, train_data=train, **common)
+        report = nm_prune(core, spec.n, spec.m, method=spec.selection, hessian=spec.hessian, data=nm_data,
+                          block_size=spec.block_size, num_gradients=spec.num_gradients, dampening=spec.dampening,
+                          output_fn=output_fn, fine_tune=fine_tune, train_data=train, **common)
         verification = report.details.get("verification") or {}
         if not verification.get("ok"):
             raise PassFailed(f"prune: the {spec.n}:{spec.m} pattern check failed: {verification}")
-        return {**_unstructured(report, spec), "pattern": f"{spec.n}:{spec.m}", "selection": spec.selection}
+        return {**_unstructured(report, spec), "pattern": f"{spec.n}:{spec.m}", "selection": spec.selection,
+                "hessian": spec.hessian if spec.selection == "obs" else None}
     if isinstance(spec, StructuredPruneConfig):
         from deepopt_core.passes.prune.structured import structured_prune
 

@@ -101,6 +101,7 @@ def cnn_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (MagnitudePruneConfig, {"sparsity": 1.0}),
     (MagnitudePruneConfig, {"sparsity": -0.1}),
     (ObsPruneConfig, {"sparsity": 1.5}),
+    (NMPruneConfig, {"selection": "obs", "hessian": "outputs"}),
     (NMPruneConfig, {"n": 4, "m": 4}),
     (NMPruneConfig, {"n": 3, "m": 2}),
     (StructuredPruneConfig, {"sparsity": 0.5, "units": ["rows"]}),
@@ -265,6 +266,21 @@ def test_obs_on_an_onnx_upload(digits: dict[str, Path], tmp_path: Path) -> None:
     assert with_obs.metrics["accuracy"] >= original.metrics["accuracy"] - 0.03
     _, (_, with_magnitude), _ = _run(digits, "onnx", {**spec, "method": "magnitude"}, ["onnx"], tmp_path / "mag")
     assert with_obs.metrics["accuracy"] > with_magnitude.metrics["accuracy"] + 0.01
+
+
+def test_obs_with_input_hessians_on_an_onnx_upload(digits: dict[str, Path], tmp_path: Path) -> None:
+    spec = {"type": "prune", "method": "obs", "hessian": "inputs", "sparsity": 0.85, "keep_head": True,
+            "num_gradients": 256}
+    result = optimize(digits["onnx"], [spec], {"eval": digits["eval"], "calibration": digits["calibration"]}, None,
+                      workdir=tmp_path / "obs", benchmark=BENCH)
+    _, obs, _ = result.decisions
+    assert obs["hessian"] == "inputs" and obs["forward_passes"] == 2  # fc1, fc2 (the head stays dense)
+    assert obs["layers"] == pytest.approx({"fc1": 0.85, "fc2": 0.85, "fc3": 0.0}, abs=1e-3)
+    original, pruned = result.benchmarks
+    assert pruned.metrics["accuracy"] >= original.metrics["accuracy"] - 0.03
+    magnitude = {"type": "prune", "method": "magnitude", "sparsity": 0.85, "scope": "layer", "keep_head": True}
+    _, (_, with_magnitude), _ = _run(digits, "onnx", magnitude, ["onnx"], tmp_path / "mag")
+    assert pruned.metrics["accuracy"] > with_magnitude.metrics["accuracy"] + 0.01
 
 
 def test_structured_channels_on_an_onnx_cnn(cnn_onnx: dict[str, Path], tmp_path: Path) -> None:

@@ -59,8 +59,10 @@ from .magnitude_prune_config_scope import MagnitudePruneConfigScope
 from .metrics import Metrics
 from .model_read import ModelRead
 from .nm_prune_config import NMPruneConfig
+from .nm_prune_config_hessian import NMPruneConfigHessian
 from .nm_prune_config_selection import NMPruneConfigSelection
 from .obs_prune_config import ObsPruneConfig
+from .obs_prune_config_hessian import ObsPruneConfigHessian
 from .obs_prune_config_scope import ObsPruneConfigScope
 from .obs_prune_config_update import ObsPruneConfigUpdate
 from .page_job_read import PageJobRead
@@ -169,8 +171,10 @@ __all__ = (
     "Metrics",
     "ModelRead",
     "NMPruneConfig",
+    "NMPruneConfigHessian",
     "NMPruneConfigSelection",
     "ObsPruneConfig",
+    "ObsPruneConfigHessian",
     "ObsPruneConfigScope",
     "ObsPruneConfigUpdate",
     "PageJobRead",

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from attrs import define as _attrs_define
 
+from ..models.nm_prune_config_hessian import NMPruneConfigHessian
 from ..models.nm_prune_config_selection import NMPruneConfigSelection
 from ..types import UNSET, Unset
 
@@ -39,6 +40,9 @@ class NMPruneConfig:
             m (int | Unset): Group size along the input dimension. Default: 4.
             selection (NMPruneConfigSelection | Unset): How the kept weights are chosen. Default:
                 NMPruneConfigSelection.MAGNITUDE.
+            hessian (NMPruneConfigHessian | Unset): OBS selection: block-diagonal empirical Fisher (`fisher`) or each
+                layer's input Hessian (`inputs`, SparseGPT; the Fisher settings are then unused). Default:
+                NMPruneConfigHessian.FISHER.
             block_size (int | Unset): OBS selection: Fisher block (rounded to a multiple of m). Default: 32.
             num_gradients (int | Unset): OBS selection: per-sample gradients. Default: 128.
             dampening (float | Unset): OBS selection: relative Fisher dampening. Default: 0.01.
@@ -54,6 +58,7 @@ class NMPruneConfig:
     n: int | Unset = 2
     m: int | Unset = 4
     selection: NMPruneConfigSelection | Unset = NMPruneConfigSelection.MAGNITUDE
+    hessian: NMPruneConfigHessian | Unset = NMPruneConfigHessian.FISHER
     block_size: int | Unset = 32
     num_gradients: int | Unset = 128
     dampening: float | Unset = 0.01
@@ -98,6 +103,10 @@ class NMPruneConfig:
         if not isinstance(self.selection, Unset):
             selection = self.selection.value
 
+        hessian: str | Unset = UNSET
+        if not isinstance(self.hessian, Unset):
+            hessian = self.hessian.value
+
         block_size = self.block_size
 
         num_gradients = self.num_gradients
@@ -129,6 +138,8 @@ class NMPruneConfig:
             field_dict["m"] = m
         if selection is not UNSET:
             field_dict["selection"] = selection
+        if hessian is not UNSET:
+            field_dict["hessian"] = hessian
         if block_size is not UNSET:
             field_dict["block_size"] = block_size
         if num_gradients is not UNSET:
@@ -202,6 +213,13 @@ class NMPruneConfig:
         else:
             selection = NMPruneConfigSelection(_selection)
 
+        _hessian = d.pop("hessian", UNSET)
+        hessian: NMPruneConfigHessian | Unset
+        if isinstance(_hessian, Unset):
+            hessian = UNSET
+        else:
+            hessian = NMPruneConfigHessian(_hessian)
+
         block_size = d.pop("block_size", UNSET)
 
         num_gradients = d.pop("num_gradients", UNSET)
@@ -219,6 +237,7 @@ class NMPruneConfig:
             n=n,
             m=m,
             selection=selection,
+            hessian=hessian,
             block_size=block_size,
             num_gradients=num_gradients,
             dampening=dampening,

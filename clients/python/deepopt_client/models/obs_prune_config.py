@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from attrs import define as _attrs_define
 
+from ..models.obs_prune_config_hessian import ObsPruneConfigHessian
 from ..models.obs_prune_config_scope import ObsPruneConfigScope
 from ..models.obs_prune_config_update import ObsPruneConfigUpdate
 from ..types import UNSET, Unset
@@ -21,11 +22,15 @@ T = TypeVar("T", bound="ObsPruneConfig")
 class ObsPruneConfig:
     """Second-order unstructured pruning in the style of the Optimal BERT Surgeon.
 
-    A block-diagonal inverse empirical Fisher (blocks of `block_size` weights, `num_gradients` per-sample gradients
-    on the calibration data, else the train data) ranks weights by the OBS saliency ``w^2 / (2 [F^-1]_qq)``; the
-    remaining weights of each block get the optimal update. One-shot, or gradual with a `schedule` (a fresh Fisher
-    at every step). Needs gradients of layer outputs: runs on a torch.export or Hugging Face model, or on an ONNX
-    model converted to torch and exported back. Kurtic et al., 2022, https://arxiv.org/abs/2203.07259
+    `hessian: fisher`: a block-diagonal inverse empirical Fisher (blocks of `block_size` weights, `num_gradients`
+    per-sample gradients on the calibration data, else the train data) ranks weights by the OBS saliency
+    ``w^2 / (2 [F^-1]_qq)``; the remaining weights of each block get the optimal update (Kurtic et al., 2022,
+    https://arxiv.org/abs/2203.07259). `hessian: inputs`: the same saliency and update with each layer's exact
+    Hessian of its output error, ``2 X X^T`` over the layer's calibration inputs, layers pruned in forward order
+    (OBC / SparseGPT, Frantar & Alistarh, https://arxiv.org/abs/2301.00774): no gradients, one forward pass per
+    layer, and the better one-shot choice without fine-tuning (see the pruning benchmark). One-shot, or gradual
+    with a `schedule` (a fresh Hessian at every step). Runs on a torch.export or Hugging Face model, or on an ONNX
+    model converted to torch and exported back.
 
         Attributes:
             type_ (Literal['prune']):  Default: 'prune'.
@@ -43,11 +48,16 @@ class ObsPruneConfig:
             method (Literal['obs'] | Unset):  Default: 'obs'.
             scope (ObsPruneConfigScope | Unset): `layer`: every layer to the same sparsity; `global`: saliencies ranked
                 across layers. Default: ObsPruneConfigScope.LAYER.
+            hessian (ObsPruneConfigHessian | Unset): `fisher`: block-diagonal empirical Fisher from per-sample gradients
+                (oBERT); `inputs`: each layer's exact Hessian 2XX^T of its output error on the calibration inputs (SparseGPT;
+                with `scope: global` the layers' sparsities come from a global magnitude ranking). Default:
+                ObsPruneConfigHessian.FISHER.
             block_size (int | Unset): Weights per Fisher block (memory: weights x block_size). Default: 32.
-            num_gradients (int | Unset): Per-sample gradients in each Fisher. Default: 128.
-            dampening (float | Unset): Fisher dampening, relative to its mean diagonal. Default: 0.01.
+            num_gradients (int | Unset): Per-sample gradients in each Fisher; with `hessian: inputs`, the calibration
+                samples whose inputs form the Hessians. Default: 128.
+            dampening (float | Unset): Hessian dampening, relative to its mean diagonal. Default: 0.01.
             update (ObsPruneConfigUpdate | Unset): `sequential`: greedy one weight at a time with OBS updates (OBC);
-                `multi`: oBERT's closed-form update of each block. Default: ObsPruneConfigUpdate.SEQUENTIAL.
+                `multi`: oBERT's closed-form update of each block (`hessian: fisher`). Default: ObsPruneConfigUpdate.SEQUENTIAL.
             schedule (None | Schedule | Unset): Gradual pruning; None: one-shot.
     """
 
@@ -60,6 +70,7 @@ class ObsPruneConfig:
     fine_tune: FineTuneSettings | None | Unset = UNSET
     method: Literal["obs"] | Unset = "obs"
     scope: ObsPruneConfigScope | Unset = ObsPruneConfigScope.LAYER
+    hessian: ObsPruneConfigHessian | Unset = ObsPruneConfigHessian.FISHER
     block_size: int | Unset = 32
     num_gradients: int | Unset = 128
     dampening: float | Unset = 0.01
@@ -105,6 +116,10 @@ class ObsPruneConfig:
         if not isinstance(self.scope, Unset):
             scope = self.scope.value
 
+        hessian: str | Unset = UNSET
+        if not isinstance(self.hessian, Unset):
+            hessian = self.hessian.value
+
         block_size = self.block_size
 
         num_gradients = self.num_gradients
@@ -145,6 +160,8 @@ class ObsPruneConfig:
             field_dict["method"] = method
         if scope is not UNSET:
             field_dict["scope"] = scope
+        if hessian is not UNSET:
+            field_dict["hessian"] = hessian
         if block_size is not UNSET:
             field_dict["block_size"] = block_size
         if num_gradients is not UNSET:
@@ -221,6 +238,13 @@ class ObsPruneConfig:
         else:
             scope = ObsPruneConfigScope(_scope)
 
+        _hessian = d.pop("hessian", UNSET)
+        hessian: ObsPruneConfigHessian | Unset
+        if isinstance(_hessian, Unset):
+            hessian = UNSET
+        else:
+            hessian = ObsPruneConfigHessian(_hessian)
+
         block_size = d.pop("block_size", UNSET)
 
         num_gradients = d.pop("num_gradients", UNSET)
@@ -261,6 +285,7 @@ class ObsPruneConfig:
             fine_tune=fine_tune,
             method=method,
             scope=scope,
+            hessian=hessian,
             block_size=block_size,
             num_gradients=num_gradients,
             dampening=dampening,

@@ -1,0 +1,9 @@
+from enum import StrEnum
+
+
+class NMPruneConfigHessian(StrEnum):
+    FISHER = "fisher"
+    INPUTS = "inputs"
+
+    def __str__(self) -> str:
+        return str(self.value)
