@@ -276,7 +276,7 @@ def prune_rows(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, *, 
                 width = min(nm[1], count - i)
                 score = (w1[:, i : i + width].pow(2) / diag[i : i + width].pow(2)).masked_fill(
                     forced[:, i : i + width], -1.0)
-                drop = min(nm[1] - nm[0], width)
+                drop = max(0, width - nm[0])  # a last, partial group keeps up to n too
                 mask1.scatter_(1, i + torch.topk(score, drop, dim=1, largest=False).indices, True)
             col = w1[:, i]
             d = diag[i]

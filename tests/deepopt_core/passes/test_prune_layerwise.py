@@ -79,6 +79,8 @@ def test_prune_rows_nm_pattern_and_forced_weights() -> None:
     pruned, keep = layerwise.prune_rows(w, x.t() @ x, 0.0, nm=(2, 4), already=already)
     assert (keep.reshape(16, 16, 4).sum(-1) == 2).all()
     assert not keep[:, 0].any() and (pruned[~keep] == 0).all()
+    _, keep_short = layerwise.prune_rows(w[:, :10], (x.t() @ x)[:10, :10], 0.0, nm=(2, 4))
+    assert keep_short.sum(1).tolist() == [6] * 16  # groups 4 + 4 + 2: the partial group keeps its 2
     unstructured, keep_u = layerwise.prune_rows(w, x.t() @ x, 0.75, already=already)
     assert not keep_u[:, 0].any() and keep_u.float().mean() == pytest.approx(0.25, abs=1 / 64)
 
