@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepopt_core.formats.torch_common import kind_of, unwrap
+from deepopt_core.passes.prune.obs import check_supported
 from deepopt_core.passes.prune.recovery import (
     Batch,
     FineTune,
@@ -52,9 +52,11 @@ from deepopt_core.passes.prune.sparsity import (
     Masks,
     PruneReport,
     apply_masks,
+    conv_columns,
     input_dim_view,
     magnitude_masks,
     make_report,
+    mask_in_weight_shape,
     select_layers,
     weight_of,
 )
@@ -68,33 +70,13 @@ class _Captured(Exception):
     """Raised by a hook to stop a forward pass once the wanted inputs are captured."""
 
 
-def _check_supported(name: str, module: nn.Module) -> None:
-    kind = kind_of(module)
-    if isinstance(module, torch.jit.ScriptModule):
-        raise TypeError(f"{name}: layer-wise OBS needs an eager nn.Module (not TorchScript)")
-    if kind in ("Conv1d", "Conv2d"):
-        conv: Any = module
-        if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise TypeError(f"{name}: only groups=1 convolutions with numeric zero padding are supported")
-    elif kind not in ("Linear", "NonDynamicallyQuantizableLinear", "Conv1D"):
-        raise TypeError(f"{name}: {kind} is not supported by layer-wise OBS")
-
-
 def input_rows(module: nn.Module, inp: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The layer's input as rows ``[n, inputs]`` matching the weight's 2-D view (``unfold`` for convolutions).
 
     `token_mask` (``[batch, tokens]``, e.g. an attention mask) drops padding tokens of ``[batch, tokens, in]`` inputs.
     """
-    kind = kind_of(module)
-    if kind in ("Conv1d", "Conv2d"):
-        conv: Any = module
-        if kind == "Conv1d":
-            inp = inp.unsqueeze(2)
-            kernel, dilation = (1, conv.kernel_size[0]), (1, conv.dilation[0])
-            padding, stride = (0, conv.padding[0]), (1, conv.stride[0])
-        else:
-            kernel, dilation, padding, stride = conv.kernel_size, conv.dilation, conv.padding, conv.stride
-        cols = F.unfold(inp, kernel, dilation=dilation, padding=padding, stride=stride)  # [b, in*k, L]
+    if kind_of(module) in ("Conv1d", "Conv2d"):
+        cols = conv_columns(module, inp)  # [b, in*k, L]
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     if token_mask is not None and inp.dim() == 3 and tuple(inp.shape[:2]) == tuple(token_mask.shape):
         return inp[token_mask.bool()]
@@ -352,13 +334,6 @@ def _set_view(module: nn.Module, new_view: torch.Tensor) -> None:
         view.copy_(new_view.to(weight.dtype))
 
 
-def _weight_mask(module: nn.Module, view_keep: torch.Tensor) -> torch.Tensor:
-    weight = weight_of(module)
-    if kind_of(module) == "Conv1D":
-        return view_keep.t().contiguous()
-    return view_keep.reshape(weight.shape)
-
-
 def layerwise_obs_prune(
     model: nn.Module,
     sparsity: float,
@@ -405,7 +380,7 @@ def layerwise_obs_prune(
     if not data:
         raise ValueError("layer-wise OBS needs calibration data")
     for name, module in layers.items():
-        _check_supported(name, module)
+        check_supported(name, module)
     spec = FineTune.from_config(fine_tune)
     teacher = snapshot(model) if spec is not None and spec.epochs > 0 and spec.method != "task" else None
     root = unwrap(model)
@@ -443,7 +418,7 @@ def layerwise_obs_prune(
                 new, keep = prune_rows(view, entry.hessian, targets_by_layer[name], dampening=dampening, nm=nm,
                                        already=already, cross=entry.cross)
                 _set_view(module, new)
-                kept[name] = _weight_mask(module, keep)
+                kept[name] = mask_in_weight_shape(module, keep)
             if progress is not None:
                 progress((index + 1) / len(groups))
     finally:

@@ -51,6 +51,7 @@ from deepopt_core.passes.prune.sparsity import (
     apply_masks,
     input_dim_view,
     make_report,
+    mask_in_weight_shape,
     matches,
     select_layers,
     weight_of,
@@ -144,13 +145,6 @@ def verify_nm(model: nn.Module, n: int = 2, m: int = 4, layers: Sequence[str] | 
                 "sparsity": round(float((view == 0).float().mean()), 6),
             }
     return result
-
-
-def _weight_mask(module: nn.Module, view_keep: torch.Tensor) -> torch.Tensor:
-    weight = weight_of(module)
-    if view_keep.shape != weight.shape and view_keep.t().shape == weight.shape and weight.dim() == 2:
-        return view_keep.t().contiguous()
-    return view_keep.reshape(weight.shape)
 
 
 def nm_prune(
@@ -252,7 +246,7 @@ def nm_prune(
                 keep = nm_keep_mask(scores, n, m)
                 prune_layer_obs(module, fisher, keep, update, group=m, group_prune=m - n)
                 view_keep[name] = keep
-    masks: Masks = {name: _weight_mask(layers[name], keep) for name, keep in view_keep.items()}
+    masks: Masks = {name: mask_in_weight_shape(layers[name], keep) for name, keep in view_keep.items()}
     apply_masks(layers, masks)
     recovery: dict[str, Any] = {}
     if spec is not None and spec.epochs > 0:

@@ -66,9 +66,11 @@ from deepopt_core.passes.prune.sparsity import (
     Masks,
     PruneReport,
     apply_masks,
+    conv_columns,
     input_dim_view,
     lowest_score_masks,
     make_report,
+    mask_in_weight_shape,
     select_layers,
     weight_of,
 )
@@ -221,7 +223,8 @@ class BlockInverseFisher:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_supported(name: str, module: nn.Module) -> None:
+def check_supported(name: str, module: nn.Module) -> None:
+    """Raise TypeError unless second-order pruning can take this layer (eager Linear, Conv1D, plain Conv1d/2d)."""
     kind = kind_of(module)
     if isinstance(module, torch.jit.ScriptModule):
         raise TypeError(f"{name}: second-order pruning needs an eager nn.Module (not TorchScript)")
@@ -235,17 +238,9 @@ def _check_supported(name: str, module: nn.Module) -> None:
 
 def _layer_grads(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     """Per-sample gradient of the weight's 2-D view ``[b, out, in']`` from the layer input and output gradient."""
-    kind = kind_of(module)
     b = inp.shape[0]
-    if kind in ("Conv1d", "Conv2d"):
-        conv: Any = module
-        if kind == "Conv1d":
-            inp, grad_out = inp.unsqueeze(2), grad_out.unsqueeze(2)
-            kernel, dilation = (1, conv.kernel_size[0]), (1, conv.dilation[0])
-            padding, stride = (0, conv.padding[0]), (1, conv.stride[0])
-        else:
-            kernel, dilation, padding, stride = conv.kernel_size, conv.dilation, conv.padding, conv.stride
-        cols = F.unfold(inp, kernel, dilation=dilation, padding=padding, stride=stride)  # [b, in*k, L]
+    if kind_of(module) in ("Conv1d", "Conv2d"):
+        cols = conv_columns(module, inp)  # [b, in*k, L]
         return torch.bmm(grad_out.reshape(b, grad_out.shape[1], -1), cols.transpose(1, 2))
     x = inp.reshape(b, -1, inp.shape[-1])
     g = grad_out.reshape(b, -1, grad_out.shape[-1])
@@ -369,7 +364,7 @@ def compute_inverse_fishers(
         seed: seeds the random draws of the objective.
     """
     for name, module in layers.items():
-        _check_supported(name, module)
+        check_supported(name, module)
     generator = torch.Generator().manual_seed(seed)
     loss_fn = per_sample_loss(objective, output_fn, generator)
     fishers: dict[str, BlockInverseFisher] = {}
@@ -640,7 +635,7 @@ def obs_prune(
             for n in names:
                 prune_layer_obs(layers[n], group[n], keep_masks[n], update)
                 kept[n] = keep_masks[n]
-    weight_masks = {n: _weight_mask(layers[n], kept[n]) for n in layers}
+    weight_masks = {n: mask_in_weight_shape(layers[n], kept[n]) for n in layers}
     apply_masks(layers, weight_masks)
     recovery: dict[str, Any] = {}
     if spec is not None and spec.epochs > 0:
@@ -651,14 +646,6 @@ def obs_prune(
                          groups=len(groups), recovery=recovery)
     report.details["keep"] = weight_masks
     return report
-
-
-def _weight_mask(module: nn.Module, view_keep: torch.Tensor) -> torch.Tensor:
-    """A 2-D view keep-mask back in the weight's own shape."""
-    weight = weight_of(module)
-    if kind_of(module) == "Conv1D":
-        return view_keep.t().contiguous()
-    return view_keep.reshape(weight.shape)
 
 
 def gradual_obs_prune(

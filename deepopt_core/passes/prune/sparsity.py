@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deepopt_core.formats.onnx_sparse import compact_onnx, densify_onnx
@@ -137,6 +138,26 @@ def input_dim_view(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     if kind_of(module) == "Conv1D":
         return weight.t()
     return weight.reshape(weight.shape[0], -1)
+
+
+def mask_in_weight_shape(module: nn.Module, view_keep: torch.Tensor) -> torch.Tensor:
+    """A keep-mask of the 2-D view (:func:`input_dim_view`) back in the weight's own shape."""
+    if kind_of(module) == "Conv1D":
+        return view_keep.t().contiguous()
+    return view_keep.reshape(weight_of(module).shape)
+
+
+def conv_columns(module: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+    """A Conv1d/Conv2d input unfolded to ``[batch, in * prod(kernel), positions]``: each column is what one output
+    position multiplies with the weight's 2-D view (:func:`input_dim_view`)."""
+    conv: Any = module
+    if kind_of(module) == "Conv1d":
+        inp = inp.unsqueeze(2)
+        kernel, dilation = (1, conv.kernel_size[0]), (1, conv.dilation[0])
+        padding, stride = (0, conv.padding[0]), (1, conv.stride[0])
+    else:
+        kernel, dilation, padding, stride = conv.kernel_size, conv.dilation, conv.padding, conv.stride
+    return F.unfold(inp, kernel, dilation=dilation, padding=padding, stride=stride)
 
 
 # ---------------------------------------------------------------------------------------------------------------
