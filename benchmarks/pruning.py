@@ -124,7 +124,6 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
 
     torch.set_num_threads(args.threads)
     rows: list[Row] = []
-    levels = (0.5, 0.7, 0.9)
 
     # ---- MLP
     if not args.skip_mlp:
@@ -139,13 +138,7 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
 
         rows.append(Row("digits MLP", "dense", "dense", "reference", quality=mlp_acc(mlp), quality_name="accuracy",
                         params=sp.count_parameters(mlp)))
-        rows += _unstructured(
-            "digits MLP", mlp, mlp_acc, "accuracy", levels,
-            lambda m, s, f, scope: obs.obs_prune(m, s, data=calib, block_size=64, num_gradients=1024, fishers=f,
-                                                 scope=scope),
-            None if args.skip_fisher else lambda m: obs.compute_inverse_fishers(
-                m, sp.select_layers(m), calib, block_size=64, num_gradients=1024, dampening=1e-2),
-            lambda m, s, scope: obs.obs_prune(m, s, data=calib, hessian="inputs", scope=scope))
+        rows += _digits_unstructured("digits MLP", mlp, mlp_acc, calib, args.skip_fisher)
         for method in ("magnitude",) if args.skip_fisher else ("magnitude", "obs"):
             m = copy.deepcopy(mlp)
             report, secs = _timed(lambda m=m, method=method: nm.nm_prune(
@@ -168,13 +161,7 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
                     params=sp.count_parameters(cnn)))
     parts = set(args.digits_parts)
     if "unstructured" in parts:
-        rows += _unstructured(
-            "digits CNN", cnn, cnn_acc, "accuracy", levels,
-            lambda m, s, f, scope: obs.obs_prune(m, s, data=calib, block_size=64, num_gradients=1024, fishers=f,
-                                                 scope=scope),
-            None if args.skip_fisher else lambda m: obs.compute_inverse_fishers(
-                m, sp.select_layers(m), calib, block_size=64, num_gradients=1024, dampening=1e-2),
-            lambda m, s, scope: obs.obs_prune(m, s, data=calib, hessian="inputs", scope=scope))
+        rows += _digits_unstructured("digits CNN", cnn, cnn_acc, calib, args.skip_fisher)
 
     # 90% with fine-tuning: the same number of epochs for every method
     steps, per_step = args.ft_steps, args.ft_epochs
@@ -256,6 +243,22 @@ def bench_digits(work: Path, args: argparse.Namespace) -> list[Row]:
     _time_rows(struct_rows, {"pixels": x_test[:1]}, {"pixels": x_test[:8]}, args, rounds=args.rounds * 10)
     rows += struct_rows
     return rows
+
+
+def _digits_unstructured(model_name: str, model: Any, accuracy: Callable[[Any], float], calib: Any,
+                         skip_fisher: bool) -> list[Row]:
+    """The unstructured section for a digits model: Fisher OBS (blocks of 64, 1,024 gradients) and OBS with input
+    Hessians on the same calibration batches."""
+    from deepopt_core.passes.prune import obs
+    from deepopt_core.passes.prune import sparsity as sp
+
+    return _unstructured(
+        model_name, model, accuracy, "accuracy", (0.5, 0.7, 0.9),
+        lambda m, s, f, scope: obs.obs_prune(m, s, data=calib, block_size=64, num_gradients=1024, fishers=f,
+                                             scope=scope),
+        None if skip_fisher else lambda m: obs.compute_inverse_fishers(
+            m, sp.select_layers(m), calib, block_size=64, num_gradients=1024, dampening=1e-2),
+        lambda m, s, scope: obs.obs_prune(m, s, data=calib, hessian="inputs", scope=scope))
 
 
 def _unstructured(model_name: str, model: Any, quality: Callable[[Any], float], quality_name: str,
