@@ -1,27 +1,27 @@
 """Command line of the core, used by the API and the worker as a child process.
 
 ``python -m deepopt_core.cli inspect PATH``
-    Prints the ModelInfo JSON on stdout and exits 0; on a bad file prints
-    ``{"error": {"code", "status", "message", "field"}}`` and exits 2.
+    Prints one :class:`deepopt_core.protocol.Inspected` line (the ModelInfo) and exits 0; on a bad file one
+    :class:`~deepopt_core.protocol.Failure` line and exits 2.
 
 ``python -m deepopt_core.cli run REQUEST_JSON``
     The request is ``{"model", "model_format"?, "model_name"?, "passes", "data": {"calibration", "eval", "train"},
     "outputs", "device", "benchmark", "workdir", "extra_models"?: {model_id: path}, "trial_dispatch"?: folder}``
     (``extra_models``: other uploaded models that passes name, such as a distillation student;
     ``trial_dispatch``: a folder through which the worker runs `auto` trials on other workers too, see
-    :mod:`deepopt_core.passes.auto.remote`). Prints one JSON line per event on stdout:
-    ``{"event": "progress", "progress": 0.42, "stage": "prune"}`` ... (training passes add their latest metrics:
-    ``{"event": "progress", "progress": 0.3, "stage": "finetune 40/300 loss 0.2130", "metrics": {"loss": 0.213,
-    "step": 40, "steps": 300, "epoch": 1}}``), then writes ``<workdir>/result.json`` (a
-    :class:`deepopt_core.result.Result`) and prints ``{"event": "result"}`` (exit 0). On bad input or a failed
-    pass it prints ``{"event": "error", "code", "message"}`` and exits 3; any other failure exits 1 with a
-    traceback on stderr.
+    :mod:`deepopt_core.passes.auto.remote`). Prints :class:`~deepopt_core.protocol.Progress` lines (training
+    passes add their latest metrics), then writes ``<workdir>/result.json`` (a
+    :class:`deepopt_core.result.Result`) and prints a :class:`~deepopt_core.protocol.Done` line (exit 0). On bad
+    input or a failed pass it prints a :class:`~deepopt_core.protocol.Failure` line and exits 3; any other
+    failure exits 1 with a traceback on stderr.
 
 ``python -m deepopt_core.cli trial REQUEST_JSON``
     One `auto` trial on a bundle: ``{"bundle", "number", "recipe", "workdir", "worker"}``; writes
     ``<workdir>/trial.json`` (``{"status": "succeeded", "measurement"}`` or ``{"status": "failed", "error"}``) and
-    the trial's model ``<workdir>/trial.onnx``, prints ``{"event": "result"}`` and exits 0.
+    the trial's model ``<workdir>/trial.onnx``, prints a Done line and exits 0.
 
+The API and the workers run these commands inside :mod:`deepopt_core.sandbox` and read stdout only as the
+messages of :mod:`deepopt_core.protocol`.
 stdout carries only these JSON lines: everything else (logging, warnings, library prints, even native code
 writing to file descriptor 1) goes to stderr.
 """
@@ -62,8 +62,10 @@ def json_stdout() -> Iterator[TextIO]:
         stream.close()
 
 
-def _emit(stream: TextIO, payload: dict[str, Any]) -> None:
-    stream.write(json.dumps(payload, separators=(",", ":")) + "\n")
+def _emit(stream: TextIO, event: Any) -> None:
+    from deepopt_core.protocol import dump
+
+    stream.write(dump(event) + "\n")
     stream.flush()
 
 
@@ -80,23 +82,24 @@ def _setup_logging(verbose: bool) -> None:
 def _inspect(path: str, model_format: str | None, out: TextIO) -> int:
     from deepopt_core.errors import DeepOptError
     from deepopt_core.formats import inspect_model
+    from deepopt_core.protocol import Failure, Inspected
 
     try:
         info = inspect_model(path, model_format)  # type: ignore[arg-type]
     except DeepOptError as exc:
-        _emit(out, {"error": {"code": exc.code, "status": exc.status, "message": exc.message, "field": exc.field}})
+        _emit(out, Failure(code=exc.code, status=exc.status, message=exc.message[:8000], field=exc.field))
         return EXIT_BAD_FILE
     except FileNotFoundError:
-        _emit(out, {"error": {"code": "not_found", "status": 422, "message": f"no such file: {path}",
-                              "field": None}})
+        _emit(out, Failure(code="not_found", status=422, message=f"no such file: {path}"))
         return EXIT_BAD_FILE
-    out.write(info.model_dump_json() + "\n")
+    _emit(out, Inspected(info=info))
     return 0
 
 
 def _run(request_path: str, out: TextIO) -> int:
     from deepopt_core.errors import DeepOptError, PassFailed
     from deepopt_core.pipeline import optimize
+    from deepopt_core.protocol import Done, Failure, Progress
 
     request = json.loads(Path(request_path).read_text())
     workdir = Path(request["workdir"])
@@ -107,10 +110,7 @@ def _run(request_path: str, out: TextIO) -> int:
         use_dispatch(request["trial_dispatch"])
 
     def on_progress(fraction: float, stage: str, metrics: dict[str, Any] | None = None) -> None:
-        event: dict[str, Any] = {"event": "progress", "progress": fraction, "stage": stage}
-        if metrics:
-            event["metrics"] = metrics
-        _emit(out, event)
+        _emit(out, Progress(progress=min(max(fraction, 0.0), 1.0), stage=stage[:200], metrics=metrics or None))
 
     try:
         model_info = None
@@ -126,18 +126,19 @@ def _run(request_path: str, out: TextIO) -> int:
         )  # fmt: skip
     except (DeepOptError, PassFailed) as exc:
         logging.getLogger("deepopt.cli").error("pipeline failed: %s", exc)
-        _emit(out, {"event": "error", "code": exc.code, "message": str(exc)})
+        _emit(out, Failure(code=exc.code, message=str(exc)[:8000]))
         return EXIT_FAILED
     (workdir / "result.json").write_text(result.model_dump_json(indent=2))
-    _emit(out, {"event": "result"})
+    _emit(out, Done())
     return 0
 
 
 def _trial(request_path: str, out: TextIO) -> int:
     from deepopt_core.passes.auto.remote import run_trial_request
+    from deepopt_core.protocol import Done
 
     run_trial_request(json.loads(Path(request_path).read_text()))
-    _emit(out, {"event": "result"})
+    _emit(out, Done())
     return 0
 
 

@@ -9,7 +9,7 @@ from functools import reduce
 from operator import or_
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 import deepopt_core.passes  # noqa: F401  (registers every pass)
 from deepopt_core.registry import all_passes, get_pass
@@ -82,24 +82,63 @@ class BenchmarkSettings(BaseModel):
     )
 
 
+Name = Annotated[str, Field(max_length=1024)]
+
+
 class TensorInfo(BaseModel):
-    name: str
-    shape: list[int | str | None] | None = Field(None, description="Dims; strings/None are symbolic.")
-    dtype: str = "float32"
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    shape: list[int | Name | None] | None = Field(None, max_length=64, description="Dims; strings/None are symbolic.")
+    dtype: Annotated[str, Field(max_length=32)] = "float32"
+
+
+class ModelDetails(BaseModel):
+    """The format-specific facts inspection may store: these fields and no others (a description forged by a
+    hostile file can carry nothing else), each bounded in size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size_bytes: int | None = None
+    # ONNX
+    ir_version: int | None = None
+    producer: Name | None = None
+    opsets: dict[Name, int] | None = Field(None, max_length=64)
+    # TorchScript
+    traced: bool | None = None
+    traced_input_shapes: list[list[int]] | None = Field(None, max_length=64)
+    forward_schema: Annotated[str, Field(max_length=8192)] | None = None
+    # torch.export
+    range_constraints: dict[Name, Name] | None = Field(None, max_length=256)
+    # Hugging Face
+    model_type: Name | None = None
+    has_tokenizer: bool | None = None
+    num_labels: int | None = None
+    vocab_size: int | None = None
+    files: list[Name] | None = Field(None, max_length=100_000)
 
 
 class ModelInfo(BaseModel):
     """What inspection of an uploaded model found; stored with the model and used to validate jobs."""
 
+    model_config = ConfigDict(extra="forbid")
+
     format: ModelFormat
-    inputs: list[TensorInfo] = Field(default_factory=list)
-    outputs: list[TensorInfo] = Field(default_factory=list)
+    inputs: list[TensorInfo] = Field(default_factory=list, max_length=4096)
+    outputs: list[TensorInfo] = Field(default_factory=list, max_length=4096)
     num_parameters: int = 0
-    op_types: dict[str, int] = Field(default_factory=dict, description="ONNX op type counts / torch module kinds.")
+    op_types: dict[Name, int] = Field(default_factory=dict, max_length=4096,
+                                      description="ONNX op type counts / torch module kinds.")
     prunable_layers: int = 0
     opset: int | None = None
-    architecture: str | None = Field(None, description="Hugging Face architecture, when known.")
-    details: dict[str, Any] = Field(default_factory=dict)
+    architecture: Name | None = Field(None, description="Hugging Face architecture, when known.")
+    details: dict[str, Any] = Field(default_factory=dict, description="Format-specific facts (`ModelDetails`).")
+
+    @field_validator("details", mode="after")
+    @classmethod
+    def _known_details(cls, details: dict[str, Any]) -> dict[str, Any]:
+        # Kept a dict (readers use .get), but only with the fields and bounds of ModelDetails.
+        return ModelDetails.model_validate(details).model_dump(exclude_unset=True)
 
 
 class DatasetInfo(BaseModel):

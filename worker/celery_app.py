@@ -26,6 +26,20 @@ def _start_threads(**_: object) -> None:
     for name, target in (("reaper", reaper_loop), ("webhooks", webhook_loop), ("presence", presence_loop)):
         threading.Thread(target=target, args=(_stop_threads,), name=f"deepopt-{name}", daemon=True).start()
     log.info("reaper, webhook sender and heartbeat started")
+    _log_sandbox()
+
+
+def _log_sandbox() -> None:
+    """Say once, at start, which walls of the sandbox this machine's kernel lets the job children raise."""
+    from deepopt_core.sandbox import probe
+
+    report = probe()
+    if report.missing:
+        log.warning("sandbox of job children: NOT enforced here: %s (docs/security.md; DEEPOPT_SANDBOX=strict "
+                    "refuses to run jobs without seccomp and Landlock)", ", ".join(report.missing))
+    else:
+        log.info("sandbox of job children: network namespace, seccomp, Landlock ABI %d (files, TCP, process "
+                 "scopes), no capabilities", report.landlock_abi)
 
 
 @worker_shutdown.connect

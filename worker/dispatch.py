@@ -32,6 +32,7 @@ from app.core.config import Settings
 from app.core.db import session_scope
 from app.db.models import Trial, WorkerHeartbeat, utcnow
 from app.storage import Storage, copy_to
+from deepopt_core.sandbox import child_output
 from worker.presence import worker_id as presence_id
 from worker.trials import ACTIVE, cancel_trials, claim_trial, finish_trial, job_trials, worker_name
 
@@ -98,7 +99,8 @@ class TrialDispatcher:
     def _bundle(self, name: str) -> dict[str, str]:
         if name not in self.bundles:
             folder = self.folder / Path(name).name
-            self.bundles[name] = {path.name: self.storage.put_file(path).key
+            # Files the job's child wrote: links and anything outside its folder are never uploaded.
+            self.bundles[name] = {path.name: self.storage.put_file(child_output(path, self.folder)).key
                                   for path in sorted(folder.iterdir()) if path.is_file()}
         return self.bundles[name]
 

@@ -9,15 +9,12 @@ go out to the other workers from this same loop (:mod:`worker.dispatch`), so the
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,6 +31,8 @@ from app.core.notify import notify_job
 from app.db.models import Artifact, Benchmark, Dataset, Job, Model, utcnow
 from app.services.histograms import JOB_DURATION, PASS_DURATION, observe
 from app.storage import Storage, copy_to, make_storage
+from deepopt_core.protocol import Done, Failure, Progress, parse_event
+from deepopt_core.sandbox import child_command, child_env, child_output, prepare_scratch
 from worker.presence import CURRENT, beat
 
 if TYPE_CHECKING:
@@ -46,6 +45,7 @@ log = logging.getLogger("deepopt.executor")
 OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "Cannot allocate memory", "Memory allocation", "failed to map segment")
 MODEL_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2", "hf": "model.hf"}
 STAGE_WRITE_MIN_S = 0.5
+MAX_RESULT_BYTES = 64 * 1024**2  # what a child may hand back as its result description (not its artifacts)
 DATASET_ROLES = {"calibration": "calibration_dataset_id", "eval": "eval_dataset_id", "train": "train_dataset_id"}
 
 
@@ -125,39 +125,31 @@ class ChildState:
 
 def _read_events(stream: Any, state: ChildState) -> None:
     for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", "replace").strip()
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            state.lines.append(line)
-            continue
-        kind = event.get("event")
-        if kind == "progress":
-            state.progress = float(event.get("progress", state.progress))
-            state.stage = str(event.get("stage") or state.stage)[:64]
-            if isinstance(event.get("metrics"), dict):
-                state.metrics = event["metrics"]
+        event = parse_event(raw)
+        if isinstance(event, Progress):
+            state.progress = event.progress
+            state.stage = (event.stage or state.stage)[:64]
+            if event.metrics:
+                state.metrics = event.metrics
             state.enter(state.stage)
-        elif kind == "error":
-            state.error = event
-        elif kind == "result":
+        elif isinstance(event, Failure):
+            state.error = {"code": event.code, "message": event.message}
+        elif isinstance(event, Done):
             state.close_stage()
             state.done = True
+        elif raw.strip():
+            state.lines.append(raw.decode("utf-8", "replace").strip()[:2000])
 
 
-def _child_setup(memory_limit: int | None) -> None:
-    """Runs in the child before exec: die with the worker, and cap the child's address space."""
-    # The child must not outlive a worker killed with SIGKILL: PR_SET_PDEATHSIG (Linux).
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except Exception:
-        pass
-    if memory_limit:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+def sandboxed(args: list[str], scratch: Path, settings: Settings) -> dict[str, Any]:
+    """Popen keyword arguments that run `python -m deepopt_core.cli <args>` in the sandbox, confined to
+    `scratch` (which holds the child's inputs), with the job memory limit."""
+    prepare_scratch(scratch)
+    return {
+        "args": child_command(args, scratch=scratch, strict=settings.sandbox == "strict",
+                              memory_limit=settings.job_memory_limit_bytes),
+        "env": child_env(scratch), "cwd": scratch,
+    }
 
 
 def prepare(job: Job, model: Model, datasets: dict[str, Dataset | None], storage: Storage,
@@ -276,15 +268,10 @@ def _observe_durations(spec: dict[str, Any], state: ChildState, run_seconds: flo
 
 def _run_child(job_id: str, worker_id: str, request_path: Path, workdir: Path, settings: Settings,
                state: ChildState | None = None, dispatcher: TrialDispatcher | None = None) -> str:
-    env = dict(os.environ)
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     stderr_path = workdir / "stderr.log"
     with open(stderr_path, "wb") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "deepopt_core.cli", "run", str(request_path)],
-            stdout=subprocess.PIPE, stderr=stderr, env=env,
-            preexec_fn=functools.partial(_child_setup, settings.job_memory_limit_bytes),
-        )
+        child = subprocess.Popen(stdout=subprocess.PIPE, stderr=stderr,
+                                 **sandboxed(["run", str(request_path)], workdir, settings))
         state = state if state is not None else ChildState()
         reader = threading.Thread(target=_read_events, args=(child.stdout, state), daemon=True)
         reader.start()
@@ -379,8 +366,13 @@ def _persist(job_id: str, worker_id: str, workdir: Path, storage: Storage) -> st
     """Store the files, then write artifacts, benchmarks and `succeeded` in one transaction."""
     from deepopt_core.result import Result
 
-    result = Result.model_validate_json((workdir / "out" / "result.json").read_text())
-    stored = [storage.put_file(Path(a.path)) for a in result.artifacts]
+    out = workdir / "out"
+    result_path = child_output(out / "result.json", out)
+    if result_path.stat().st_size > MAX_RESULT_BYTES:
+        raise ValueError(f"the job's result.json is larger than {MAX_RESULT_BYTES} bytes")
+    result = Result.model_validate_json(result_path.read_text())
+    # Only files the child wrote in its own folder: a path it names elsewhere (another tenant's blob) is refused.
+    stored = [storage.put_file(child_output(a.path, out)) for a in result.artifacts]
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None or job.worker_id != worker_id or job.status != "running":

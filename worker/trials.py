@@ -14,13 +14,10 @@ its job no longer runs under the trial's owner. The reaper cancels trials left b
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,8 @@ from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.db.models import Job, Trial, utcnow
 from app.storage import copy_to, make_storage
-from worker.executor import _child_setup, _stop, worker_identity
+from deepopt_core.sandbox import child_output
+from worker.executor import _stop, sandboxed, worker_identity
 
 log = logging.getLogger("deepopt.trials")
 ACTIVE = ("pending", "running")
@@ -130,12 +128,13 @@ def execute_trial(trial_id: str) -> str:
         outcome = _run_trial_child(trial_id, worker_id, folder, settings)
         if outcome != "done":
             return outcome
-        answer = json.loads((folder / "out" / "trial.json").read_text())
+        out = folder / "out"
+        answer = json.loads(child_output(out / "trial.json", out).read_text())
         if answer["status"] != "succeeded":
             finish_trial(trial_id, worker_id, status="failed", error=str(answer.get("error"))[:4000],
                          seconds=answer.get("seconds"))
             return "failed"
-        stored = storage.put_file(folder / "out" / "trial.onnx")
+        stored = storage.put_file(child_output(out / "trial.onnx", out))
         done = finish_trial(trial_id, worker_id, status="succeeded", result=answer["measurement"],
                             model_key=stored.key, seconds=answer.get("seconds"))
         return "succeeded" if done else "cancelled"
@@ -149,14 +148,10 @@ def execute_trial(trial_id: str) -> str:
 
 def _run_trial_child(trial_id: str, worker_id: str, folder: Path, settings: Settings) -> str:
     """Run the trial's child process, heartbeating the row; "done" when it ended on its own."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     stderr_path = folder / "stderr.log"
     with open(stderr_path, "wb") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "deepopt_core.cli", "trial", str(folder / "request.json")],
-            stdout=subprocess.DEVNULL, stderr=stderr, env=env,
-            preexec_fn=functools.partial(_child_setup, settings.job_memory_limit_bytes),
-        )
+        child = subprocess.Popen(stdout=subprocess.DEVNULL, stderr=stderr,
+                                 **sandboxed(["trial", str(folder / "request.json")], folder, settings))
         started = next_beat = time.monotonic()
         try:
             while child.poll() is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,10 @@ class Settings(BaseSettings):
         None, ge=256 * 1024**2, description="Address-space limit of a job's process (RLIMIT_AS); unset = none."
     )
     inspect_timeout_s: float = Field(120.0, gt=0)
+    sandbox: Literal["best_effort", "strict"] = Field(
+        "best_effort", description="`strict`: a child that opens uploads refuses to run unless seccomp and Landlock "
+        "both hold on this kernel; `best_effort` runs with whatever holds and logs what does not (docs/security.md)."
+    )
     queues: str = Field("cpu", description="Queues a worker consumes (comma-separated): cpu, gpu.")
 
     storage_url: str | None = Field(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from deepopt_core.protocol import Failure, Inspected, parse_event
 from deepopt_core.result import Result
 from deepopt_core.specs import ModelInfo
 from tests.deepopt_core.conftest import FAST_BENCH
@@ -28,16 +29,22 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_inspect_prints_model_info(digits, key):
     proc = cli("inspect", str(digits[key]))
     assert proc.returncode == 0, proc.stderr
-    info = ModelInfo.model_validate_json(proc.stdout)
+    [line] = proc.stdout.splitlines()
+    event = parse_event(line)
+    assert isinstance(event, Inspected)
+    info = event.info
     assert info.format == key and info.inputs[0].name == "input"
+    assert ModelInfo.model_validate(info.model_dump()) == info
 
 
 def test_inspect_error_is_json_with_exit_2(tmp_path):
     proc = cli("inspect", str(write_pickle(tmp_path / "model.pt")))
     assert proc.returncode == 2
-    error = json.loads(proc.stdout)["error"]
-    assert error["code"] == "unsafe_content" and error["status"] == 422 and "pickle" in error["message"]
-    assert set(error) == {"code", "status", "message", "field"}
+    [line] = proc.stdout.splitlines()
+    error = parse_event(line)
+    assert isinstance(error, Failure)
+    assert error.code == "unsafe_content" and error.status == 422 and "pickle" in error.message
+    assert set(json.loads(line)) <= {"event", "code", "status", "message", "field"}
 
 
 def _request(tmp_path: Path, **fields) -> Path:

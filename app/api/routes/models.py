@@ -63,7 +63,7 @@ async def upload_model(
     """Upload a model; its format is detected from the bytes and it is inspected before it is accepted."""
     upload = await accept_upload(
         request, storage, settings.max_upload_bytes,
-        lambda path: inspect_model_file(path, settings.inspect_timeout_s), "model",
+        lambda path: inspect_model_file(path, settings), "model",
         quota_check=lambda size: check_storage_quota(session, tenant, settings.tenant_max_storage_bytes, size),
     )
     stored = upload.stored
