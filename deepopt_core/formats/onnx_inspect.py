@@ -1,7 +1,10 @@
 """Read an ONNX file safely and describe it; find its prunable weights. onnx and numpy only (the API imports it).
 
-Models are loaded with ``load_external_data=False``; every external-data location is checked to stay inside the
-model's folder before anything reads it. An uploaded model is a single file, so external data there is an error.
+Models are loaded with ``load_external_data=False``; every external-data location (of every tensor: initializers,
+sparse initializers and tensor attributes, in the main graph, subgraphs, functions and training graphs) is checked
+to stay inside the model's folder before anything reads it. An uploaded model is a single file, so external data
+there is an error. Nodes in custom-op domains are refused: they run only with a custom-op library, which DeepOpt
+never registers, so such a model is either unusable or asking for native code.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -32,6 +36,10 @@ _QUANT_PARAM_SLOTS = {
     "ConvInteger": (2, 3), "DynamicQuantizeMatMul": (2, 3), "MatMulIntegerToFloat": (2, 3, 4, 5),
     "QLinearMatMul": (1, 2, 4, 5, 6, 7), "QLinearConv": (1, 2, 4, 5, 6, 7), "MatMulNBits": (2, 3),
 }  # fmt: skip
+STANDARD_DOMAINS = frozenset({
+    "", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training", "ai.onnx.training",
+})  # fmt: skip
+"""Operator domains ONNX Runtime implements itself (calls of a model's own local functions are allowed too)."""
 _PARAMETER_TYPES = {
     TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE, TensorProto.INT8,
     TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4,
@@ -76,6 +84,7 @@ def load_onnx(path: str | Path, *, allow_external_data: bool = False) -> onnx.Mo
         raise InvalidModel(f"not a readable ONNX model: {exc}") from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise InvalidModel("the ONNX model has no graph")
+    check_domains(model)
     external = external_locations(model)
     if external:
         folder = path.resolve().parent
@@ -99,17 +108,75 @@ def load_onnx(path: str | Path, *, allow_external_data: bool = False) -> onnx.Mo
     return model
 
 
-def external_locations(model: onnx.ModelProto) -> list[str]:
-    """The `location` of every tensor (initializers, constants, subgraphs) stored as external data."""
-    from onnx.external_data_helper import _get_all_tensors
+def _subgraphs(nodes: Iterator[onnx.NodeProto] | list[onnx.NodeProto]) -> Iterator[onnx.GraphProto]:
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from all_graphs(attribute.g)
+            for graph in attribute.graphs:
+                yield from all_graphs(graph)
 
+
+def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every subgraph below it (If/Loop/Scan bodies, at any depth)."""
+    yield graph
+    yield from _subgraphs(list(graph.node))
+
+
+def _model_graphs(model: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    yield from all_graphs(model.graph)
+    for info in model.training_info:
+        yield from all_graphs(info.initialization)
+        yield from all_graphs(info.algorithm)
+    for function in model.functions:
+        yield from _subgraphs(list(function.node))
+
+
+def _model_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    for graph in _model_graphs(model):
+        yield from graph.node
+    for function in model.functions:
+        yield from function.node
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    """Every TensorProto of the model: dense and sparse initializers and tensor attributes, everywhere."""
+    for graph in _model_graphs(model):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+    for node in _model_nodes(model):
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            sparse_tensors = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+            for sparse in [*sparse_tensors, *attribute.sparse_tensors]:
+                yield from (sparse.values, sparse.indices)
+
+
+def external_locations(model: onnx.ModelProto) -> list[str]:
+    """The `location` of every tensor (see :func:`_all_tensors`) stored as external data."""
     locations = []
-    sparse = [t for s in model.graph.sparse_initializer for t in (s.values, s.indices)]
-    for tensor in [*_get_all_tensors(model), *sparse]:
+    for tensor in _all_tensors(model):
         if tensor.data_location == TensorProto.EXTERNAL:
             entries = {e.key: e.value for e in tensor.external_data}
             locations.append(entries.get("location", ""))
     return locations
+
+
+def check_domains(model: onnx.ModelProto) -> None:
+    """Refuse nodes (in any graph, subgraph or function) in a domain outside :data:`STANDARD_DOMAINS`, unless
+    they call one of the model's own local functions (same domain and name).
+
+    Raises:
+        UnsafeContent: naming the domain and op.
+    """
+    local = {(function.domain, function.name) for function in model.functions}
+    for node in _model_nodes(model):
+        if node.domain not in STANDARD_DOMAINS and (node.domain, node.op_type) not in local:
+            raise UnsafeContent(f"the ONNX model uses the custom operator {node.domain}.{node.op_type}, which needs "
+                                "a custom-op library; DeepOpt never loads one")
 
 
 def dtype_name(elem_type: int) -> str:
