@@ -22,6 +22,9 @@ MAX_RATIO = 100.0
 """Default cap on the unpacked/packed size ratio of an archive and of each large member."""
 _RATIO_FLOOR = 1024 * 1024  # members (and archives) smaller than this may compress as well as they like
 MAX_MEMBERS = 100_000
+NATIVE_SUFFIXES = (".so", ".cpp", ".wrapper", ".h", ".hpp", ".o", ".cubin", ".ptx", ".hsaco", ".dll", ".dylib",
+                   ".pyd")
+"""Suffixes of native code and its sources (AOTInductor packages, compiled extensions): no model upload has them."""
 _CHUNK = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -48,7 +51,8 @@ def zip_members(archive: zipfile.ZipFile) -> list[Member]:
                      or stat.S_ISSOCK(mode)):
             kind = "a symbolic link" if stat.S_ISLNK(mode) else "a device or special file"
             raise UnsafeContent(f"archive member {info.filename!r} is {kind}")
-        members.append(Member(info.filename, info.file_size, info.compress_size, is_dir=info.is_dir(),
+        # orig_filename: zipfile cuts `filename` at a NUL, which would hide it from the name checks.
+        members.append(Member(info.orig_filename, info.file_size, info.compress_size, is_dir=info.is_dir(),
                               is_file=not info.is_dir()))
     return members
 
@@ -70,9 +74,10 @@ def check_members(members: list[Member], archive_size: int, *, max_total_bytes: 
     """Check names and declared sizes of archive members; return the normalised names.
 
     Raises:
-        UnsafeContent: an escaping name, or declared sizes beyond the limits (an archive bomb).
+        UnsafeContent: an escaping or duplicated name, or declared sizes beyond the limits (an archive bomb).
     """
     names = [check_member_name(m.name) for m in members]
+    check_no_duplicates(names)
     total = sum(m.size for m in members)
     if total > max_total_bytes:
         raise UnsafeContent(f"the archive unpacks to {total} bytes, more than the limit of {max_total_bytes}")
@@ -82,6 +87,26 @@ def check_members(members: list[Member], archive_size: int, *, max_total_bytes: 
     if total > _RATIO_FLOOR and total > max_ratio * max(archive_size, 1):
         raise UnsafeContent(f"the archive expands more than {max_ratio:.0f}x (archive bomb)")
     return names
+
+
+def check_no_duplicates(names: list[str]) -> None:
+    """Refuse two members with the same (normalised) name: readers disagree on which copy wins.
+
+    zipfile's ``namelist`` keeps both, ``ZipFile.read`` takes the last, miniz (torch's reader) the first, and an
+    extraction the first or the last: a check of one copy would say nothing about the copy that is loaded.
+    """
+    seen: set[str] = set()
+    for name in names:
+        if name and name in seen:
+            raise UnsafeContent(f"ambiguous member names: {name!r} occurs more than once in the archive")
+        seen.add(name)
+
+
+def check_no_native_code(names: list[str]) -> None:
+    """Refuse members that are native libraries or their sources (an AOTInductor package dlopens its .so)."""
+    for name in names:
+        if name.lower().endswith(NATIVE_SUFFIXES):
+            raise UnsafeContent(f"the archive holds native code ({name}); models with compiled code are never loaded")
 
 
 def tar_members(path: Path) -> list[Member]:

@@ -1,15 +1,18 @@
 """Recognise a model file from its bytes, never its name, and unpack archives safely.
 
 Light on purpose (standard library only): the API calls it. Pickles are never loaded: a raw pickle, a
-``torch.save`` zip (``data.pkl`` without TorchScript ``code/``), a Hugging Face folder with only pickled weights,
-or a .pt2 archive whose payloads are pickled are all rejected with :class:`UnsafeContent`.
+``torch.save`` zip (``data.pkl`` without TorchScript ``code/``), a Hugging Face folder with pickle files, or a
+.pt2 archive whose payloads are pickled are all rejected with :class:`UnsafeContent`. So are archives with
+duplicate or (for torch's reader) ambiguous member names, native code, and the contents reviewed by
+:mod:`deepopt_core.formats.torch_archive` and :mod:`deepopt_core.formats.hf_review` (docs/security.md lists them).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from deepopt_core.errors import InvalidModel, UnsafeContent, UnsupportedFormat
@@ -18,11 +21,15 @@ from deepopt_core.formats.archives import (
     MAX_EXPANDED_BYTES,
     MAX_RATIO,
     Member,
+    check_member_name,
     check_members,
+    check_no_native_code,
     safe_extract,
     tar_members,
     zip_members,
 )
+from deepopt_core.formats.hf_review import CONFIG_LIMIT, is_reviewed_config, pickle_files, review_hf
+from deepopt_core.formats.torch_archive import canonical_top, is_torch_archive, review_torch_archive
 from deepopt_core.specs import ModelFormat
 
 __all__ = ["MAX_EXPANDED_BYTES", "MAX_RATIO", "Member", "check_members", "detect_format", "safe_extract"]
@@ -51,6 +58,9 @@ def detect_format(path: str | Path) -> ModelFormat:
     path = Path(path)
     if path.is_dir():
         if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+            files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if not p.is_dir())
+            review_hf(files, _bounded_reader(lambda name: (path / name).stat().st_size,
+                                             lambda name: (path / name).read_bytes()))
             return "hf"
         raise UnsupportedFormat("a folder must be a Hugging Face model (config.json and *.safetensors)")
     size = path.stat().st_size
@@ -150,7 +160,7 @@ def _classify_names(names: list[str]) -> ModelFormat:
         weights = [n for n in names if n.startswith(hf_root) and "/" not in n[len(hf_root):]]
         if any(n.endswith(".safetensors") for n in weights):
             return "hf"
-        if any(n.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) for n in weights):
+        if pickle_files(weights):
             raise UnsafeContent("the Hugging Face folder has only pickled weights; save them as .safetensors")
     for top in sorted(tops) + [""]:
         prefix = f"{top}/" if top else ""
@@ -164,37 +174,58 @@ def _detect_zip(path: Path) -> ModelFormat:
         with zipfile.ZipFile(path) as archive:
             members = zip_members(archive)
             names = check_members(members, path.stat().st_size)
-            fmt = _classify_names(names)
-            if fmt == "torch_export":
-                check_pt2_payloads(archive, names)
+            check_no_native_code(names)
+            raw_names = [m.name for m in members]
+            if is_torch_archive(names):
+                # Before classifying: normalised names are not what torch's reader resolves (see torch_archive).
+                canonical_top(raw_names)
+            fmt = _classify_names([n for n, m in zip(names, members, strict=True) if m.is_file])
+            if fmt in ("torchscript", "torch_export"):
+                review_torch_archive(fmt, raw_names, archive.read)
+            elif fmt == "hf":
+                files = [m.name for m in members if m.is_file]
+                review_hf(files, _bounded_reader(lambda name: archive.getinfo(name).file_size, archive.read))
             return fmt
     except zipfile.BadZipFile as exc:
         raise InvalidModel(f"the zip archive is truncated or corrupt: {exc}") from None
 
 
-def check_pt2_payloads(archive: zipfile.ZipFile, names: list[str]) -> None:
-    """Reject .pt2 archives whose weights or constants would be unpickled by ``torch.export.load``."""
-    top = names[0].split("/")[0]
-    for name in names:
-        rel = name[len(top) + 1:]
-        if rel.startswith(("data/weights/", "data/constants/")) and rel.endswith(".pt"):
-            raise UnsafeContent(f"the .pt2 archive stores pickled payloads ({rel}); re-save it with torch.export.save")
-        if rel.startswith("data/constants/") and rel.split("/")[-1].startswith(("custom_obj", "opaque_obj")):
-            raise UnsafeContent(f"the .pt2 archive holds pickled custom objects ({rel})")
-        if rel.startswith(("data/weights/", "data/constants/")) and rel.endswith("_config.json"):
-            try:
-                config = json.loads(archive.read(name).decode("utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                raise InvalidModel(f"the .pt2 archive has an unreadable {rel}") from None
-            entries = config.get("config", {}) if isinstance(config, dict) else {}
-            if any(isinstance(v, dict) and v.get("use_pickle") for v in entries.values()):
-                raise UnsafeContent("the .pt2 archive stores pickled weights or constants; pickles are never loaded")
+def _bounded_reader(size_of: Callable[[str], int], read: Callable[[str], bytes]) -> Callable[[str], bytes]:
+    """A reader of the Hugging Face configs that refuses, from its declared size, a member too large to review."""
+
+    def bounded(name: str) -> bytes:
+        if size_of(name) > CONFIG_LIMIT:
+            raise InvalidModel(f"{name} is larger than {CONFIG_LIMIT} bytes")
+        return read(name)
+
+    return bounded
 
 
 def _detect_tar(path: Path) -> ModelFormat:
     members = tar_members(path)
     names = check_members(members, path.stat().st_size)
-    fmt = _classify_names([n for n, m in zip(names, members, strict=True) if m.is_file])
+    check_no_native_code(names)
+    files = [n for n, m in zip(names, members, strict=True) if m.is_file]
+    fmt = _classify_names(files)
     if fmt != "hf":
         raise UnsupportedFormat("only Hugging Face folders are read from .tar.gz archives")
+    configs = _read_tar_configs(path)
+    review_hf(files, lambda name: configs[name])
     return fmt
+
+
+def _read_tar_configs(path: Path) -> dict[str, bytes]:
+    """The reviewed JSON configs of a tar archive (one more streaming pass), by normalised name."""
+    configs: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r|*") as archive:
+            for info in archive:
+                name = check_member_name(info.name)
+                if info.isfile() and is_reviewed_config(name):
+                    if info.size > CONFIG_LIMIT:
+                        raise InvalidModel(f"{name} is larger than {CONFIG_LIMIT} bytes")
+                    stream = archive.extractfile(info)
+                    configs[name] = stream.read() if stream is not None else b""
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise InvalidModel(f"the tar archive is truncated or corrupt: {exc}") from None
+    return configs

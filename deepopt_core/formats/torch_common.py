@@ -9,13 +9,18 @@ and after dynamic quantization.
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from deepopt_core.errors import InvalidModel, UnsafeContent
+from deepopt_core.formats.torch_archive import TorchFormat, canonical_top, review_torch_archive
 
 log = logging.getLogger("deepopt.formats")
 
@@ -27,6 +32,49 @@ _FX_WEIGHT_OPS = {
 
 
 HF_PREFIX = "hf_model."
+
+
+def _name_as_torch_reads(info: zipfile.ZipInfo) -> str:
+    # zipfile decodes names without the UTF-8 flag as cp437; torch's reader hands every name over as UTF-8.
+    if info.flag_bits & 0x800:
+        return info.orig_filename
+    return info.orig_filename.encode("cp437").decode("utf-8", "replace")
+
+
+def check_torch_archive(path: str | Path, fmt: TorchFormat) -> tuple[Any, list[str]]:
+    """Review the archive as torch's own reader resolves it, just before torch loads it.
+
+    :func:`deepopt_core.formats.detect.detect_format` reviewed zipfile's view of the archive. Here the records
+    ``torch._C.PyTorchFileReader`` lists (the reader ``torch.jit.load`` and ``torch.export.load`` use) must be
+    exactly the members zipfile listed, with the same sizes, and the same review runs again on the bytes torch's
+    reader returns: a file built so that the two readers disagree is refused.
+
+    Args:
+        path: the archive.
+        fmt: ``"torchscript"`` or ``"torch_export"``.
+
+    Returns:
+        (the reader, its record names without the archive folder), for checks of record contents.
+
+    Raises:
+        UnsafeContent: ambiguous names, the two readers disagreeing, or what the review refuses.
+        InvalidModel: an archive neither reader can list.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            zip_view = {_name_as_torch_reads(info): info.file_size for info in archive.infolist()}
+            names = [info.orig_filename for info in archive.infolist()]
+        top = canonical_top(names)
+        reader = torch._C.PyTorchFileReader(str(path))
+        records = list(reader.get_all_records())
+        torch_view = {f"{top}/{record}": int(reader.get_record_size(record)) for record in records}
+    except (zipfile.BadZipFile, RuntimeError, UnicodeDecodeError, OSError) as exc:
+        raise InvalidModel(f"the archive cannot be read: {str(exc).splitlines()[0][:300]}") from None
+    if len(torch_view) != len(records) or torch_view != zip_view:
+        raise UnsafeContent("ambiguous member names: torch's reader lists other members than the archive's "
+                            "directory; re-save the model with torch.jit.save or torch.export.save")
+    review_torch_archive(fmt, list(torch_view), lambda name: bytes(reader.get_record(name[len(top) + 1:])))
+    return reader, records
 
 
 def unwrap(module: nn.Module) -> nn.Module:

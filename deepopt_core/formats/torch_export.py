@@ -1,9 +1,11 @@
 """``torch.export`` programs (.pt2): inspect, load and save.
 
 ``torch.export.load`` can unpickle parts of an archive (pickled weights and constants, custom objects, and sample
-inputs when a restricted load fails). Before it runs, :func:`deepopt_core.formats.detect.detect_format` has
-refused archives with pickled weights or objects, and :func:`load_program` checks that the sample inputs load
-with ``torch.load(weights_only=True)``, so the fallback to a full unpickle can never happen.
+inputs when a restricted load fails) and dlopen an AOTInductor package. Before it runs,
+:func:`deepopt_core.formats.detect.detect_format` has refused such archives on zipfile's view of them;
+:func:`load_program` reviews them again as torch's own reader resolves them
+(:func:`deepopt_core.formats.torch_common.check_torch_archive`) and checks that the sample inputs load with
+``torch.load(weights_only=True)``, so the fallback to a full unpickle can never happen.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import io
 import logging
 import os
 import warnings
-import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,36 +23,38 @@ import torch
 
 from deepopt_core.errors import InvalidModel, UnsafeContent
 from deepopt_core.formats.detect import detect_format
-from deepopt_core.formats.torch_common import count_parameters, prunable_params, to_tensors
+from deepopt_core.formats.torch_common import check_torch_archive, count_parameters, prunable_params, to_tensors
 from deepopt_core.specs import ModelInfo, TensorInfo
 
 log = logging.getLogger("deepopt.formats")
 
 
-def _check_sample_inputs(path: Path) -> None:
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            parts = info.filename.split("/")
-            if len(parts) >= 3 and parts[1] == "data" and parts[2] == "sample_inputs" and info.filename.endswith(".pt"):
-                try:
-                    torch.load(io.BytesIO(archive.read(info)), weights_only=True, map_location="cpu")
-                except Exception as exc:
-                    raise UnsafeContent(
-                        f"the .pt2 sample inputs are not plain tensors (a restricted load failed: {exc})"
-                    ) from None
+def _check_sample_inputs(reader: Any, records: list[str]) -> None:
+    # After check_torch_archive the only .pt records left are the sample inputs, which torch.export.load would
+    # unpickle without restriction if a restricted load failed: check that one succeeds, on torch's own bytes.
+    for record in records:
+        if record.lower().endswith(".pt"):
+            try:
+                torch.load(io.BytesIO(bytes(reader.get_record(record))), weights_only=True, map_location="cpu")
+            except Exception as exc:
+                raise UnsafeContent(
+                    f"the .pt2 sample inputs are not plain tensors (a restricted load failed: {exc})"
+                ) from None
 
 
 def load_program(path: str | Path) -> torch.export.ExportedProgram:
-    """Check the archive (no pickles) and ``torch.export.load`` it.
+    """Check the archive (no pickles, no native code, as zipfile and as torch's reader see it) and
+    ``torch.export.load`` it.
 
     Raises:
-        UnsafeContent: pickled payloads or sample inputs that are not plain tensors.
+        UnsafeContent: ambiguous names, pickled payloads, AOTInductor packages, or sample inputs that are not
+            plain tensors.
         InvalidModel: the archive cannot be loaded.
     """
     path = Path(path)
     if detect_format(path) != "torch_export":
         raise InvalidModel("not a torch.export (.pt2) archive")
-    _check_sample_inputs(path)
+    _check_sample_inputs(*check_torch_archive(path, "torch_export"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

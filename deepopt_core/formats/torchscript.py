@@ -1,7 +1,8 @@
 """TorchScript archives: inspect, load and save.
 
 ``torch.jit.load`` reads the archive's pickles with TorchScript's own restricted unpickler (TorchScript types and
-tensors only, no Python globals). Input shapes come from the traced example inputs the archive keeps
+tensors only, no Python globals); before it runs, the archive's names, pickles and code are reviewed
+(:mod:`deepopt_core.formats.torch_archive`). Input shapes come from the traced example inputs the archive keeps
 (``traced_inputs.pkl``), read by :mod:`deepopt_core.formats.pickle_meta` without unpickling; scripted modules, or
 traced ones saved without them, get ``shape=None``.
 """
@@ -19,8 +20,16 @@ import numpy as np
 import torch
 
 from deepopt_core.errors import InvalidModel
+from deepopt_core.formats.detect import detect_format
 from deepopt_core.formats.pickle_meta import TensorMeta, traced_input_metas
-from deepopt_core.formats.torch_common import count_parameters, is_graph, module_kinds, prunable_params, to_tensors
+from deepopt_core.formats.torch_common import (
+    check_torch_archive,
+    count_parameters,
+    is_graph,
+    module_kinds,
+    prunable_params,
+    to_tensors,
+)
 from deepopt_core.specs import ModelInfo, TensorInfo
 
 log = logging.getLogger("deepopt.formats")
@@ -28,11 +37,17 @@ _MAX_TRACED_INPUTS_BYTES = 64 * 1024 * 1024
 
 
 def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
-    """``torch.jit.load`` on the CPU, in eval mode.
+    """Check the archive (as zipfile and as torch's reader see it, see
+    :mod:`deepopt_core.formats.torch_archive`), then ``torch.jit.load`` it on the CPU, in eval mode.
 
     Raises:
-        InvalidModel: the archive cannot be loaded.
+        UnsafeContent: ambiguous names, pickles with globals TorchScript never writes, code that reads files or
+            calls ops outside aten/prim/quantized, native code.
+        InvalidModel: not a TorchScript archive, or it cannot be loaded.
     """
+    if detect_format(path) != "torchscript":
+        raise InvalidModel("not a TorchScript archive")
+    check_torch_archive(path, "torchscript")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)

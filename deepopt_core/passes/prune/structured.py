@@ -807,7 +807,7 @@ def load_pruned_bert(folder: str | Path, model_class: Any = None) -> nn.Module:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     if model_class is None:
         name = (getattr(config, "architectures", None) or [None])[0]
         model_class = getattr(transformers, name, None) if name else None
