@@ -89,3 +89,80 @@ def test_a_pickle_that_runs_code_is_never_unpickled(client: httpx.Client, tmp_pa
     _Payload.marker = str(marker)
     assert_problem(upload(client, pickle.dumps(_Payload()), "model.pkl"), 422, "file")
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Issue 14: archives built so that what is checked is not what is loaded (rebuilt from real saves each run)
+# --------------------------------------------------------------------------------------------------------------
+
+_SECRET = "hostile-upload-secret-0f3c9a"
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import warnings
+
+    from tests.fixtures.models import build_tiny_bert
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+def _hostile_cases() -> list:  # type: ignore[type-arg]
+    """(name, upload file name, what the refusal says, build(workdir, marker, tiny_bert_zip) -> path or bytes)."""
+    from tests.fixtures import hostile as h
+
+    ambiguous = "ambiguous member names"
+    return [
+        ("pt2 ./archive_format + legacy pickled weights", "model.pt2", ambiguous,
+         lambda tmp, marker, bert: h.pt2_dot_folder_legacy_weights(tmp, h.TouchPayload(marker))),
+        ("pt2 ./archive_format + forged description", "model.pt2", ambiguous,
+         lambda tmp, marker, bert: h.pt2_dot_folder_legacy_weights(tmp, h.ForgedDescriptionPayload(marker))),
+        ("pt2 with an AOTInductor package", "model.pt2", "native code",
+         lambda tmp, marker, bert: h.pt2_with_aotinductor(tmp)),
+        ("pt2 with root-level legacy members", "model.pt2", ambiguous,
+         lambda tmp, marker, bert: h.pt2_with_root_legacy_members(tmp, h.TouchPayload(marker))),
+        ("pt2 with a duplicate member", "model.pt2", ambiguous,
+         lambda tmp, marker, bert: h.pt2_with_duplicate_member(tmp)),
+        ("TorchScript with ./ names", "model.pt", ambiguous, lambda tmp, marker, bert: h.torchscript_dot_names(tmp)),
+        ("TorchScript data.pkl payload", "model.pt", "io.open",
+         lambda tmp, marker, bert: h.torchscript_with_pickle_payload(tmp, h.TouchPayload(marker))),
+        ("TorchScript calling torch.from_file", "model.pt", "from_file",
+         lambda tmp, marker, bert: h.torchscript_reading_files(tmp)),
+        ("HF modeling_x.py + auto_map", "model.zip", "custom code", lambda tmp, marker, bert: h.hf_variant(
+            bert, tmp / "m.zip", config_update={"auto_map": {"AutoModel": "modeling_x.Model"}},
+            add=[("modeling_x.py", f"open({str(marker)!r}, 'w')\n".encode())])),
+        ("HF tokenizer_config auto_map", "model.zip", "auto_map", lambda tmp, marker, bert: h.hf_variant(
+            bert, tmp / "m.zip", tokenizer_update={"auto_map": {"AutoTokenizer": ["tok.Tok", None]}})),
+        ("HF .bin beside safetensors", "model.zip", "remove tiny-bert/training_args.bin",
+         lambda tmp, marker, bert: h.hf_variant(
+             bert, tmp / "m.zip", add=[("training_args.bin", h.payload_pickle(h.TouchPayload(marker)))])),
+        ("HF with a .so", "model.zip", "native code", lambda tmp, marker, bert: h.hf_variant(
+            bert, tmp / "m.zip", add=[("libtokenizer.so", b"\x7fELF" + b"\x00" * 60)])),
+        ("ONNX custom-op domain", "model.onnx", "custom operator", lambda tmp, marker, bert: h.custom_domain_onnx()),
+    ]
+
+
+@pytest.mark.parametrize(("name", "filename", "reason", "build"), _hostile_cases(),
+                         ids=[case[0] for case in _hostile_cases()])
+def test_archives_that_would_run_code_are_refused_at_upload(
+    client: httpx.Client, app_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_bert: Path,
+    name: str, filename: str, reason: str, build,  # type: ignore[no-untyped-def]
+) -> None:
+    import os
+
+    monkeypatch.setenv("HOSTILE_TEST_SECRET", _SECRET)
+    marker = tmp_path / "pwned"
+    workdir = tmp_path / "build"
+    workdir.mkdir()
+    built = build(workdir, marker, tiny_bert)
+    data = built if isinstance(built, bytes) else Path(built).read_bytes()
+    response = upload(client, data, filename)
+    problem = assert_problem(response, 422, "file")
+    assert reason in problem["detail"], problem["detail"]
+    assert not marker.exists(), f"{name}: the payload ran"
+    secrets = [_SECRET, *(os.environ[k] for k in ("DEEPOPT_API_KEYS", "DEEPOPT_ADMIN_KEY") if os.environ.get(k))]
+    assert not any(secret in response.text for secret in secrets)
+    assert client.get("/v1/models").json()["items"] == []
+    assert [p for p in (app_env / "blobs").rglob("*") if p.is_file()] == []
