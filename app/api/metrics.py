@@ -158,6 +158,16 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The labelled series by (method, route, status), found once instead of through `labels()` per request.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def _series(self, method: str, template: str, status: int) -> tuple[Counter, Histogram]:
+        key = (method, template, status)
+        series = self._children.get(key)
+        if series is None:
+            series = (REQUESTS.labels(method, template, str(status)), LATENCY.labels(method, template))
+            self._children[key] = series
+        return series
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -168,8 +178,9 @@ class MetricsMiddleware:
 
         def observe(status: int) -> None:
             template = getattr(scope.get("route"), "path", "unmatched")
-            REQUESTS.labels(scope["method"], template, str(status)).inc()
-            LATENCY.labels(scope["method"], template).observe(time.perf_counter() - start)
+            counter, latency = self._series(scope["method"], template, status)
+            counter.inc()
+            latency.observe(time.perf_counter() - start)
 
         async def send_observed(message: Message) -> None:
             nonlocal started

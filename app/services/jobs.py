@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.api.problems import FieldProblem, ProblemError
 from app.core.broker import send_run_job
 from app.core.config import get_settings
 from app.core.notify import notify_job
-from app.db.models import Dataset, IdempotencyKey, Job, Model, WebhookDelivery, utcnow
+from app.db.models import Artifact, Benchmark, Dataset, IdempotencyKey, Job, Model, WebhookDelivery, utcnow
 from app.schemas import JobCreate
 from app.services.keys import check_job_quota
 from deepopt_core.passes.base import SubmitContext, check_pass, referenced_models
@@ -23,6 +25,9 @@ from deepopt_core.planning import PlanError, plan
 
 log = logging.getLogger("deepopt.jobs")
 DATASET_FIELDS = ("calibration_dataset_id", "eval_dataset_id", "train_dataset_id")
+# Query options that read jobs without their artifacts and benchmarks (the relationships load eagerly by default):
+# a conditional GET answered 304 needs only the job rows; `load_children` reads the rest when a body is sent.
+WITHOUT_CHILDREN = (lazyload(Job.artifacts), lazyload(Job.benchmarks))
 
 
 def _request_hash(body: JobCreate) -> str:
@@ -203,3 +208,21 @@ def active_jobs_for_model(session: Session, model_id: str) -> int:
             select(Job.id).where(Job.model_id == model_id, Job.status.in_(("queued", "running")))
         ).all()
     )
+
+
+def load_children(session: Session, jobs: Sequence[Job]) -> None:
+    """Set the artifacts and benchmarks of jobs read with `WITHOUT_CHILDREN`, in two queries for all of them."""
+    if not jobs:
+        return
+    ids = [job.id for job in jobs]
+    artifacts: dict[str, list[Artifact]] = {job_id: [] for job_id in ids}
+    benchmarks: dict[str, list[Benchmark]] = {job_id: [] for job_id in ids}
+    for artifact in session.scalars(select(Artifact).where(Artifact.job_id.in_(ids))
+                                    .order_by(Artifact.created_at)):
+        artifacts[artifact.job_id].append(artifact)
+    for benchmark in session.scalars(select(Benchmark).where(Benchmark.job_id.in_(ids))
+                                     .order_by(Benchmark.position)):
+        benchmarks[benchmark.job_id].append(benchmark)
+    for job in jobs:
+        set_committed_value(job, "artifacts", artifacts[job.id])
+        set_committed_value(job, "benchmarks", benchmarks[job.id])

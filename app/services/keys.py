@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.api.problems import ProblemError
+from app.core.db import get_engine
 from app.db.models import ApiKey, Artifact, Dataset, Job, Model, utcnow
 
 KEY_PREFIX = "dok_"
@@ -28,6 +29,7 @@ def create_key(session: Session, *, tenant: str, name: str = "", admin: bool = F
     row = ApiKey(tenant=tenant, name=name or tenant, key_sha256=hash_key(key), prefix=key[:12], is_admin=admin)
     session.add(row)
     session.commit()
+    KEY_CACHE.put_keys_issued(_database(session), True)  # this process closes an open server at once
     return row, key
 
 
@@ -50,12 +52,17 @@ class Caller:
 class KeyCache:
     """Callers of recently seen valid keys, by key hash, for `ttl_s` seconds: a client polling a job does not cost
     a database round trip per request to be recognised. Only valid keys are kept (a new key works at once); a
-    revoked key stops working at once in the API process that revoked it and within `ttl_s` in the others."""
+    revoked key stops working at once in the API process that revoked it and within `ttl_s` in the others. It also
+    keeps whether any key was issued: a server with no key configured is open until then, and closes within `ttl_s`
+    of a key issued by another process (at once for one issued by this process)."""
 
     def __init__(self, ttl_s: float = 5.0, max_entries: int = 4096) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, Caller]] = {}
+        # Whether any key was issued, by database URL: an open server (no key configured) needs to know on every
+        # request. By URL, because tests point one process at many databases.
+        self._keys_issued: dict[str, tuple[float, bool]] = {}
         self._lock = threading.Lock()
 
     def get(self, key_hash: str) -> Caller | None:
@@ -75,12 +82,29 @@ class KeyCache:
             for key_hash in [h for h, (_, caller) in self._entries.items() if caller.key_id == key_id]:
                 del self._entries[key_hash]
 
+    def keys_issued(self, database: str) -> bool | None:
+        """Whether a key had been issued as of at most `ttl_s` ago; None: not known."""
+        entry = self._keys_issued.get(database)
+        if entry is None or time.monotonic() - entry[0] > self.ttl_s:
+            return None
+        return entry[1]
+
+    def put_keys_issued(self, database: str, issued: bool) -> None:
+        with self._lock:
+            self._keys_issued[database] = (time.monotonic(), issued)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._keys_issued.clear()
 
 
 KEY_CACHE = KeyCache()
+
+
+def cached_caller(key: str) -> Caller | None:
+    """The caller of a valid key seen in the last `ttl_s` seconds, without touching the database."""
+    return KEY_CACHE.get(hash_key(key))
 
 
 def caller_for_key(session: Session, key: str) -> Caller | None:
@@ -96,8 +120,21 @@ def caller_for_key(session: Session, key: str) -> Caller | None:
     return caller
 
 
-def any_keys(session: Session) -> bool:
-    return session.scalar(select(ApiKey.id).limit(1)) is not None
+def _database(session: Session) -> str:
+    bind = session.get_bind()
+    return str(bind.engine.url)
+
+
+def keys_issued(session: Session) -> bool:
+    """Whether any key was ever issued (a revoked one counts: the server stays closed); cached for `ttl_s`."""
+    issued = session.scalar(select(ApiKey.id).limit(1)) is not None
+    KEY_CACHE.put_keys_issued(_database(session), issued)
+    return issued
+
+
+def cached_keys_issued() -> bool | None:
+    """`keys_issued` as of at most `ttl_s` ago, without touching the database; None: not known."""
+    return KEY_CACHE.keys_issued(str(get_engine().url))
 
 
 def storage_used(session: Session, tenant: str) -> int:

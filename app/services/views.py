@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from app.db.models import Artifact, Job
@@ -51,3 +53,27 @@ def job_state(job: Job) -> dict[str, Any]:
         "progress": round(min(max(job.progress, 0.0), 1.0), 4), "metrics": job.metrics, "attempts": job.attempts,
         "error": {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None,
     }
+
+
+def job_etag_part(job_id: str, version: int, metrics: dict[str, Any] | None) -> str:
+    """What identifies the body of a job: its `version`, which every visible change bumps (artifacts, benchmarks
+    and the result are written in the transaction that bumps it), and its `metrics`, which a worker's heartbeat
+    may change without a bump (a training pass's loss between two progress steps)."""
+    if metrics is None:
+        return f"{job_id}.{version}"
+    digest = hashlib.blake2b(json.dumps(metrics, sort_keys=True, default=str).encode(), digest_size=6)
+    return f"{job_id}.{version}.{digest.hexdigest()}"
+
+
+def etag_of(part: str) -> str:
+    """A weak entity tag (RFC 9110): weak, because download URLs in the body follow the request's host."""
+    return f'W/"{part}"'
+
+
+def jobs_page_etag(parts: Sequence[str], next_cursor: str | None) -> str:
+    """The tag of a page of jobs: the tags of its jobs, in order, and where the next page starts."""
+    digest = hashlib.blake2b(digest_size=12)
+    for part in parts:
+        digest.update(part.encode() + b"|")
+    digest.update((next_cursor or "").encode())
+    return etag_of(digest.hexdigest())

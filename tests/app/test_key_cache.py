@@ -54,3 +54,20 @@ def test_unknown_keys_are_not_cached(client: httpx.Client, app_env: Path) -> Non
     issue("acme")  # keys exist: the server is closed
     assert_problem(client.get("/v1/jobs", headers={"Authorization": "Bearer dok_nope"}), 401)
     assert KEY_CACHE.get("dok_nope") is None and len(KEY_CACHE._entries) == 0
+
+
+def test_an_open_server_closes_when_a_key_is_issued(client: httpx.Client, app_env: Path) -> None:
+    assert client.get("/v1/jobs").status_code == 200  # open: no key anywhere (and that is cached now)
+    issue("acme")  # in this process: closed at once
+    assert_problem(client.get("/v1/jobs"), 401)
+
+
+def test_an_open_server_closes_within_the_ttl_of_a_key_issued_elsewhere(client: httpx.Client,
+                                                                         app_env: Path) -> None:
+    assert client.get("/v1/jobs").status_code == 200
+    with get_sessionmaker()() as session:  # what `python -m app.keys create` in another process does
+        session.add(ApiKey(tenant="acme", name="acme", key_sha256="0" * 64, prefix="dok_0"))
+        session.commit()
+    assert client.get("/v1/jobs").status_code == 200  # still known to be open, for the cache's ttl
+    time.sleep(0.6)
+    assert_problem(client.get("/v1/jobs"), 401)

@@ -30,6 +30,7 @@ from app.core.config import get_settings
 from app.core.db import get_sessionmaker
 from app.core.notify import WAKEUPS, wait_for_change
 from app.db.models import TERMINAL_STATUSES, Job
+from app.services.jobs import WITHOUT_CHILDREN, load_children
 from app.services.views import UrlFor, job_state, job_view
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -59,12 +60,16 @@ def format_event(event: str, event_id: str, data: Any) -> bytes:
 
 
 def _read(job_id: str, url_for: UrlFor) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-    """The job's state, and the whole job when it has ended."""
+    """The job's state, and the whole job when it has ended. Artifacts and benchmarks are read only then: every
+    open stream runs this every `events_poll_s`."""
     with get_sessionmaker()() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, options=WITHOUT_CHILDREN)
         if job is None:
             return None
-        final = job_view(job, url_for).model_dump(mode="json") if job.status in TERMINAL_STATUSES else None
+        final = None
+        if job.status in TERMINAL_STATUSES:
+            load_children(session, [job])
+            final = job_view(job, url_for).model_dump(mode="json")
         return job_state(job), final
 
 

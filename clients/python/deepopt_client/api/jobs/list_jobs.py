@@ -1,5 +1,5 @@
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -15,7 +15,11 @@ def _get_kwargs(
     status: ListJobsStatusType0 | None | Unset = UNSET,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
+    if_none_match: None | str | Unset = UNSET,
 ) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if not isinstance(if_none_match, Unset):
+        headers["if-none-match"] = if_none_match
 
     params: dict[str, Any] = {}
 
@@ -45,14 +49,19 @@ def _get_kwargs(
         "params": params,
     }
 
+    _kwargs["headers"] = headers
     return _kwargs
 
 
-def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> PageJobRead | Problem:
+def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Any | PageJobRead | Problem:
     if response.status_code == 200:
         response_200 = PageJobRead.from_dict(response.json())
 
         return response_200
+
+    if response.status_code == 304:
+        response_304 = cast(Any, None)
+        return response_304
 
     if response.status_code == 422:
         response_422 = Problem.from_dict(response.json())
@@ -66,7 +75,7 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[PageJobRead | Problem]:
+) -> Response[Any | PageJobRead | Problem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -81,28 +90,33 @@ def sync_detailed(
     status: ListJobsStatusType0 | None | Unset = UNSET,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> Response[PageJobRead | Problem]:
+    if_none_match: None | str | Unset = UNSET,
+) -> Response[Any | PageJobRead | Problem]:
     """List Jobs
 
-     List jobs, newest first, optionally by status.
+     List jobs, newest first, optionally by status; `If-None-Match` with the page's `ETag` answers 304
+    while
+    none of its jobs changed.
 
     Args:
         status (ListJobsStatusType0 | None | Unset):
         limit (int | Unset):  Default: 50.
         cursor (None | str | Unset):
+        if_none_match (None | str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[PageJobRead | Problem]
+        Response[Any | PageJobRead | Problem]
     """
 
     kwargs = _get_kwargs(
         status=status,
         limit=limit,
         cursor=cursor,
+        if_none_match=if_none_match,
     )
 
     response = client.get_httpx_client().request(
@@ -118,22 +132,26 @@ def sync(
     status: ListJobsStatusType0 | None | Unset = UNSET,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> PageJobRead | Problem | None:
+    if_none_match: None | str | Unset = UNSET,
+) -> Any | PageJobRead | Problem | None:
     """List Jobs
 
-     List jobs, newest first, optionally by status.
+     List jobs, newest first, optionally by status; `If-None-Match` with the page's `ETag` answers 304
+    while
+    none of its jobs changed.
 
     Args:
         status (ListJobsStatusType0 | None | Unset):
         limit (int | Unset):  Default: 50.
         cursor (None | str | Unset):
+        if_none_match (None | str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        PageJobRead | Problem
+        Any | PageJobRead | Problem
     """
 
     return sync_detailed(
@@ -141,6 +159,7 @@ def sync(
         status=status,
         limit=limit,
         cursor=cursor,
+        if_none_match=if_none_match,
     ).parsed
 
 
@@ -150,28 +169,33 @@ async def asyncio_detailed(
     status: ListJobsStatusType0 | None | Unset = UNSET,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> Response[PageJobRead | Problem]:
+    if_none_match: None | str | Unset = UNSET,
+) -> Response[Any | PageJobRead | Problem]:
     """List Jobs
 
-     List jobs, newest first, optionally by status.
+     List jobs, newest first, optionally by status; `If-None-Match` with the page's `ETag` answers 304
+    while
+    none of its jobs changed.
 
     Args:
         status (ListJobsStatusType0 | None | Unset):
         limit (int | Unset):  Default: 50.
         cursor (None | str | Unset):
+        if_none_match (None | str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[PageJobRead | Problem]
+        Response[Any | PageJobRead | Problem]
     """
 
     kwargs = _get_kwargs(
         status=status,
         limit=limit,
         cursor=cursor,
+        if_none_match=if_none_match,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -185,22 +209,26 @@ async def asyncio(
     status: ListJobsStatusType0 | None | Unset = UNSET,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> PageJobRead | Problem | None:
+    if_none_match: None | str | Unset = UNSET,
+) -> Any | PageJobRead | Problem | None:
     """List Jobs
 
-     List jobs, newest first, optionally by status.
+     List jobs, newest first, optionally by status; `If-None-Match` with the page's `ETag` answers 304
+    while
+    none of its jobs changed.
 
     Args:
         status (ListJobsStatusType0 | None | Unset):
         limit (int | Unset):  Default: 50.
         cursor (None | str | Unset):
+        if_none_match (None | str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        PageJobRead | Problem
+        Any | PageJobRead | Problem
     """
 
     return (
@@ -209,5 +237,6 @@ async def asyncio(
             status=status,
             limit=limit,
             cursor=cursor,
+            if_none_match=if_none_match,
         )
     ).parsed

@@ -1,5 +1,5 @@
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import httpx
@@ -7,12 +7,17 @@ import httpx
 from ...client import AuthenticatedClient, Client
 from ...models.job_read import JobRead
 from ...models.problem import Problem
-from ...types import Response
+from ...types import UNSET, Response, Unset
 
 
 def _get_kwargs(
     job_id: str,
+    *,
+    if_none_match: None | str | Unset = UNSET,
 ) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if not isinstance(if_none_match, Unset):
+        headers["if-none-match"] = if_none_match
 
     _kwargs: dict[str, Any] = {
         "method": "get",
@@ -21,14 +26,19 @@ def _get_kwargs(
         ),
     }
 
+    _kwargs["headers"] = headers
     return _kwargs
 
 
-def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> JobRead | Problem:
+def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Any | JobRead | Problem:
     if response.status_code == 200:
         response_200 = JobRead.from_dict(response.json())
 
         return response_200
+
+    if response.status_code == 304:
+        response_304 = cast(Any, None)
+        return response_304
 
     if response.status_code == 422:
         response_422 = Problem.from_dict(response.json())
@@ -40,7 +50,9 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
     return response_default
 
 
-def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Response[JobRead | Problem]:
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[Any | JobRead | Problem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -53,24 +65,29 @@ def sync_detailed(
     job_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[JobRead | Problem]:
+    if_none_match: None | str | Unset = UNSET,
+) -> Response[Any | JobRead | Problem]:
     """Read Job
 
-     A job with its progress, artifacts and benchmarks.
+     A job with its progress, artifacts and benchmarks; `If-None-Match` with its `ETag` answers 304 while
+    the
+    job did not change.
 
     Args:
         job_id (str):
+        if_none_match (None | str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[JobRead | Problem]
+        Response[Any | JobRead | Problem]
     """
 
     kwargs = _get_kwargs(
         job_id=job_id,
+        if_none_match=if_none_match,
     )
 
     response = client.get_httpx_client().request(
@@ -84,25 +101,30 @@ def sync(
     job_id: str,
     *,
     client: AuthenticatedClient,
-) -> JobRead | Problem | None:
+    if_none_match: None | str | Unset = UNSET,
+) -> Any | JobRead | Problem | None:
     """Read Job
 
-     A job with its progress, artifacts and benchmarks.
+     A job with its progress, artifacts and benchmarks; `If-None-Match` with its `ETag` answers 304 while
+    the
+    job did not change.
 
     Args:
         job_id (str):
+        if_none_match (None | str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        JobRead | Problem
+        Any | JobRead | Problem
     """
 
     return sync_detailed(
         job_id=job_id,
         client=client,
+        if_none_match=if_none_match,
     ).parsed
 
 
@@ -110,24 +132,29 @@ async def asyncio_detailed(
     job_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[JobRead | Problem]:
+    if_none_match: None | str | Unset = UNSET,
+) -> Response[Any | JobRead | Problem]:
     """Read Job
 
-     A job with its progress, artifacts and benchmarks.
+     A job with its progress, artifacts and benchmarks; `If-None-Match` with its `ETag` answers 304 while
+    the
+    job did not change.
 
     Args:
         job_id (str):
+        if_none_match (None | str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[JobRead | Problem]
+        Response[Any | JobRead | Problem]
     """
 
     kwargs = _get_kwargs(
         job_id=job_id,
+        if_none_match=if_none_match,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -139,25 +166,30 @@ async def asyncio(
     job_id: str,
     *,
     client: AuthenticatedClient,
-) -> JobRead | Problem | None:
+    if_none_match: None | str | Unset = UNSET,
+) -> Any | JobRead | Problem | None:
     """Read Job
 
-     A job with its progress, artifacts and benchmarks.
+     A job with its progress, artifacts and benchmarks; `If-None-Match` with its `ETag` answers 304 while
+    the
+    job did not change.
 
     Args:
         job_id (str):
+        if_none_match (None | str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        JobRead | Problem
+        Any | JobRead | Problem
     """
 
     return (
         await asyncio_detailed(
             job_id=job_id,
             client=client,
+            if_none_match=if_none_match,
         )
     ).parsed
