@@ -10,7 +10,7 @@ TORCH_VERSION := 2.13.0
 # builds that do not import next to the CPU torch; the module stands in for torchvision while importing it.
 ONNX2TORCH_VERSION := 1.5.15
 
-.PHONY: install run api worker test lint typecheck migrate openapi bench bench-quant bench-train bench-auto bench-prune bench-load clean
+.PHONY: install run api worker test lint typecheck migrate openapi bench bench-quant bench-train bench-auto bench-prune bench-load matrix clean
 
 install: $(STAMP)
 
@@ -81,6 +81,13 @@ bench-load: install
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || \
 		{ echo "bench-load needs wrk: apt-get install wrk (or https://github.com/wg/wrk)"; exit 1; }
 	nice -n 10 $(PY) -m benchmarks.load $(ARGS)
+
+# The conformance matrix: every architecture x upload format x pass variant x output format as a real job through
+# the API (benchmarks/matrix.py); writes benchmarks/results/matrix.{json,md} and docs/support-matrix.md. All of it
+# takes hours on 2 busy cores: ARGS="--only cnn" runs a family (or name architectures), ARGS="--slice fast" the
+# slice that `make test` runs; each run merges into the results already there.
+matrix: install
+	nice -n 10 $(PY) -m benchmarks.matrix $(ARGS)
 
 clean:
 	rm -rf .deepopt .pytest_cache .mypy_cache .ruff_cache
