@@ -23,7 +23,7 @@ def test_an_unavailable_database_is_a_503_problem(app_env: Path, monkeypatch: py
     def unavailable(*_args: object, **_kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(jobs, "get_job_or_404", unavailable)
+    monkeypatch.setattr(jobs, "autocommit_connection", unavailable)  # how GET /v1/jobs/{id} reaches the database
     with TestClient(create_app(), raise_server_exceptions=False) as client:
         response = client.get("/v1/jobs/any")
     problem = assert_problem(response, 503)
@@ -52,6 +52,6 @@ def test_requests_are_counted_by_route_template_and_status(app_env: Path, monkey
         def broken(*_args: object, **_kwargs: object) -> None:
             raise RuntimeError("a bug")
 
-        monkeypatch.setattr(jobs, "get_job_or_404", broken)
+        monkeypatch.setattr(jobs, "autocommit_connection", broken)
         assert client.get("/v1/jobs/nope").status_code == 500
     assert (count("404") - before_404, count("500") - before_500) == (1, 1)
