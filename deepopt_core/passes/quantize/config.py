@@ -121,10 +121,15 @@ class DynamicQuantizeConfig(_QuantizeConfig):
         return super().representation_problem(representation)
 
     def output_problem(self, output_format: str) -> str | None:
-        if output_format in ("torch_export", "hf"):
-            saved_as = "a torch.export (.pt2) program" if output_format == "torch_export" else "safetensors"
-            return (f"a PyTorch model quantized with packed int8 weights cannot be saved as {saved_as} "
-                    f"({output_format!r} output); ask for 'torchscript' or 'onnx' output")
+        if output_format == "torch_export":
+            return ("a PyTorch model quantized with packed int8 weights cannot be saved as a torch.export (.pt2) "
+                    "program ('torch_export' output); ask for 'torchscript' or 'onnx' output")
+        if output_format == "hf":
+            # compressed-tensors' W8A8 quantizes activations per token and symmetric; torch's dynamic Linear per
+            # tensor with 7-bit asymmetric ranges, so a W8A8 folder would not compute what the job measured.
+            return ("a PyTorch model quantized with dynamic int8 activations cannot be saved as safetensors ('hf' "
+                    "output: transformers' int8 activation scheme differs from torch's); ask for 'torchscript' or "
+                    "'onnx' output, or use mode 'weight_only' (weight_dtype int8) for 'hf'")
         return None
 
 
@@ -255,11 +260,9 @@ class WeightOnlyQuantizeConfig(_QuantizeConfig):
                 return "accuracy_level is a setting of ONNX Runtime's MatMulNBits; ask for 'onnx' output"
         return super().representation_problem(representation)
 
-    def output_problem(self, output_format: str) -> str | None:
-        if output_format == "hf":
-            return ("a PyTorch model with weight-only quantized layers cannot be saved as Hugging Face safetensors "
-                    "('hf' output); ask for 'torchscript', 'torch_export' or 'onnx' output")
-        return None
+    # `hf` output: a compressed-tensors folder (W4A16 / W8A16, pack-quantized, symmetric groups of `block_size`)
+    # that transformers loads, checked against the job's model before it becomes an artifact
+    # (deepopt_core/formats/hf_quantized.py).
 
 
 class _FloatConfig(_QuantizeConfig):

@@ -298,5 +298,5 @@ def test_static_on_a_pytorch_output_is_refused_before_running(digits, data, tmp_
 
     with pytest.raises(InvalidPipeline, match="static quantization runs on ONNX models"):
         run(digits["torchscript"], [{"type": "quantize", "mode": "static"}], data, ["torchscript"], tmp_path)
-    with pytest.raises(InvalidPipeline, match="cannot be saved as Hugging Face safetensors"):
+    with pytest.raises(InvalidPipeline, match="'hf' output needs a Hugging Face model upload"):
         run(digits["torchscript"], [{"type": "quantize", "mode": "weight_only"}], data, ["hf"], tmp_path)
