@@ -102,8 +102,10 @@ class DynamicQuantizeConfig(_QuantizeConfig):
     mode: Literal["dynamic"] = Field("dynamic", description="Weights int8/uint8, activations quantized per batch.")
     weight_dtype: Literal["int8", "uint8"] = Field("int8", description="Storage type of quantized weights.")
     per_channel: bool = Field(
-        False, description="One scale per output channel instead of per tensor (recommended for transformers)."
-    )
+        True, description="One scale per output channel instead of per tensor (default: measured on "
+        "all-MiniLM-L6-v2, cosine fidelity 0.993 against 0.963 per tensor at the same size and speed; the digits "
+        "CNN keeps its accuracy either way).",
+    )  # fmt: skip
     reduce_range: bool = Field(
         False, description="7-bit weights, for CPUs without VNNI where u8s8 products may saturate. ONNX only."
     )
