@@ -81,7 +81,10 @@ def _reason(record: dict[str, Any]) -> str:
 
 def _defect(record: dict[str, Any]) -> str:
     error = record.get("error") or {}
-    message = re.sub(r"\s+", " ", str(error.get("message", "")))[:260].replace("|", "\\|")
+    message = re.sub(r"\s+", " ", str(error.get("message", "")))
+    if len(message) > 300:  # a child's traceback: what went wrong is at its end
+        message = "..." + message[-300:]
+    message = message.replace("|", "\\|")
     return f"`{error.get('code', '?')}`: {message}"
 
 
