@@ -125,6 +125,13 @@ def _read_tar(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], li
     return config, headers, sorted(rel for name in names if (rel := _in_root(name, root)))
 
 
+def architecture_of(config: dict[str, Any]) -> str | None:
+    architectures = config.get("architectures") or []
+    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
+        return architectures[0]
+    return None
+
+
 def hf_input_names(config: dict[str, Any]) -> list[str]:
     """input_ids, attention_mask, and token_type_ids for BERT-like configs (those with ``type_vocab_size``)."""
     names = ["input_ids", "attention_mask"]

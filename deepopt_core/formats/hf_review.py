@@ -1,6 +1,7 @@
 """Review of a Hugging Face folder (.zip, .tar.gz or unpacked) before anything loads it. Standard library only.
 
-DeepOpt builds the model from config.json and fills it from safetensors, and loads the tokenizer with
+DeepOpt loads the model with transformers' ``from_pretrained`` from a staged copy holding config.json and the
+safetensors files only (``use_safetensors=True``, ``trust_remote_code=False``), and the tokenizer with
 ``trust_remote_code=False``; a folder that would need more than that is refused at upload, so that no later code
 path (or a transformers default that changes) can be talked into running it:
 
