@@ -120,6 +120,14 @@ def _wrapper_class(names: tuple[str, ...]) -> Any:
 
         return HFWrapper3
 
+    if names == ("pixel_values",):
+
+        class HFWrapperImage(HFWrapper):
+            def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                return self._call(pixel_values=pixel_values)
+
+        return HFWrapperImage
+
     class HFWrapper2(HFWrapper):
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
             return self._call(input_ids=input_ids, attention_mask=attention_mask)

@@ -1,5 +1,10 @@
 """Describe a Hugging Face model (.zip, .tar.gz or folder) from config.json and the safetensors headers.
 
+The architecture decides the inputs and outputs (``pixel_values`` for image models, token ids with or without
+token types for text ones; a head's ``logits`` or a base model's hidden states), read from ``model_type`` and
+``architectures`` alone: inspection runs in the sandbox, where importing transformers' models (and torch) would
+cost seconds per upload for facts a table gives.
+
 Standard library only, and nothing is extracted to disk: the members are read in place (zip) or streamed
 (tar), and of each weights file only the JSON header is read. The archive's member names, types and sizes have
 already been checked by :func:`deepopt_core.formats.detect.detect_format`.
@@ -20,8 +25,6 @@ from deepopt_core.specs import ModelInfo, TensorInfo
 HEADER_LIMIT = 100 * 1024 * 1024
 CONFIG_LIMIT = 16 * 1024 * 1024
 TOKENIZER_MARKERS = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
-_TASK_OUTPUTS = ("ForSequenceClassification", "ForTokenClassification", "ForMaskedLM", "ForCausalLM",
-                 "ForMultipleChoice", "ForPreTraining", "ForQuestionAnswering")
 
 
 def read_safetensors_header(stream: IO[bytes], name: str, size: int | None = None) -> dict[str, Any]:
@@ -125,6 +128,34 @@ def _read_tar(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], li
     return config, headers, sorted(rel for name in names if (rel := _in_root(name, root)))
 
 
+VISION_MODEL_TYPES = frozenset({
+    "beit", "bit", "convnext", "convnextv2", "cvt", "deit", "dinov2", "efficientformer", "efficientnet", "focalnet",
+    "hiera", "levit", "mobilenet_v1", "mobilenet_v2", "mobilevit", "mobilevitv2", "poolformer", "pvt", "pvt_v2",
+    "regnet", "resnet", "segformer", "swin", "swinv2", "van", "vit", "vit_hybrid", "vit_msn",
+})  # fmt: skip
+"""Model types whose models take ``pixel_values`` (an image batch) instead of token ids."""
+_NO_TOKEN_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longformer", "distilbert"})
+# Their configs may carry a type_vocab_size (RobertaConfig's default is 2), but their tokenizers never produce
+# token_type_ids, so a dataset tokenized for them has none.
+_POOLED_BASES = frozenset({
+    "albert", "bert", "camembert", "convnext", "convnextv2", "deit", "dinov2", "efficientnet", "mobilenet_v1",
+    "mobilenet_v2", "mpnet", "regnet", "resnet", "roberta", "swin", "vit", "xlm-roberta",
+})  # fmt: skip
+"""Model types whose base model (``BertModel``, ``ViTModel``, ...) returns ``pooler_output`` after
+``last_hidden_state``."""
+_COUNT_LIMIT = 2**31 - 1
+
+
+def _count(config: dict[str, Any], *keys: str) -> int | None:
+    """The first of `keys` that holds a plausible count; a hostile config's strings, floats or huge numbers are
+    ignored rather than stored."""
+    for key in keys:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _COUNT_LIMIT:
+            return value
+    return None
+
+
 def architecture_of(config: dict[str, Any]) -> str | None:
     architectures = config.get("architectures") or []
     if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
@@ -132,17 +163,68 @@ def architecture_of(config: dict[str, Any]) -> str | None:
     return None
 
 
+def is_vision(config: dict[str, Any]) -> bool:
+    """Whether the model takes ``pixel_values``: a known image model type, or (for one this list lacks) a config
+    with image channels and no vocabulary."""
+    if config.get("model_type") in VISION_MODEL_TYPES:
+        return True
+    return "num_channels" in config and "vocab_size" not in config and "text_config" not in config
+
+
+def image_dims(config: dict[str, Any]) -> tuple[int | str, int | str]:
+    """(height, width) of the images the model takes: ``image_size`` from the config (an int or [h, w]), else
+    symbolic (a ResNet config has no image size: its convolutions take any)."""
+    size = config.get("image_size")
+    if isinstance(size, list) and len(size) == 2:
+        height, width = (_count({"v": d}, "v") for d in size)
+        if height and width:
+            return height, width
+    side = _count(config, "image_size")
+    return (side, side) if side else ("height", "width")
+
+
 def hf_input_names(config: dict[str, Any]) -> list[str]:
-    """input_ids, attention_mask, and token_type_ids for BERT-like configs (those with ``type_vocab_size``)."""
+    """The inputs the model takes, in the wrapper's positional order: ``pixel_values`` for image models; else
+    input_ids, attention_mask, and token_type_ids where the model has token types (BERT-like: a
+    ``type_vocab_size`` above 1, and not a RoBERTa-family model)."""
+    if is_vision(config):
+        return ["pixel_values"]
     names = ["input_ids", "attention_mask"]
-    if config.get("type_vocab_size"):
+    if (_count(config, "type_vocab_size") or 0) > 1 and config.get("model_type") not in _NO_TOKEN_TYPES:
         names.append("token_type_ids")
     return names
 
 
+def hf_inputs(config: dict[str, Any]) -> list[TensorInfo]:
+    """:func:`hf_input_names` with shapes and dtypes: float32 [batch, num_channels, height, width] images or int64
+    [batch, sequence] token tensors."""
+    names = hf_input_names(config)
+    if names == ["pixel_values"]:
+        channels = _count(config, "num_channels") or 3
+        return [TensorInfo(name="pixel_values", shape=["batch", channels, *image_dims(config)], dtype="float32")]
+    return [TensorInfo(name=name, shape=["batch", "sequence"], dtype="int64") for name in names]
+
+
+def hf_output_names(config: dict[str, Any]) -> list[str]:
+    """The tensors the model returns, in order: the task head's (``logits``; ``start_logits``/``end_logits`` for
+    question answering), or a base model's ``last_hidden_state`` and, where it has a pooler, ``pooler_output``.
+
+    Key/value caches are not tensors and are not returned by the wrapper (it turns ``use_cache`` off).
+    """
+    architecture = architecture_of(config) or ""
+    if architecture.endswith("ForQuestionAnswering"):
+        return ["start_logits", "end_logits"]
+    if "For" in architecture or architecture.endswith("LMHeadModel"):
+        return ["logits"]
+    names = ["last_hidden_state"]
+    if config.get("model_type") in _POOLED_BASES:
+        names.append("pooler_output")
+    return names
+
+
 def inspect_hf(path: str | Path) -> ModelInfo:
-    """Describe a Hugging Face archive or folder: architecture, parameters (from the safetensors headers),
-    inputs (token ids, attention mask and, for BERT-like models, token type ids; int64 [batch, sequence]).
+    """Describe a Hugging Face archive or folder from its config.json and safetensors headers: the
+    architecture's inputs (:func:`hf_inputs`) and outputs (:func:`hf_output_names`), parameters.
 
     ``prunable_layers`` counts 2-D ``*.weight`` tensors that are not embeddings or norms (the Linear layers).
     """
@@ -160,22 +242,19 @@ def inspect_hf(path: str | Path) -> ModelInfo:
             lowered = name.lower()
             if len(shape) >= 2 and lowered.endswith(".weight") and "embed" not in lowered and "norm" not in lowered:
                 prunable += 1
-    architectures = config.get("architectures") or []
-    architecture = str(architectures[0]) if architectures else None
-    output = "logits" if architecture and architecture.endswith(_TASK_OUTPUTS) else "last_hidden_state"
     return ModelInfo(
         format="hf",
-        inputs=[TensorInfo(name=n, shape=["batch", "sequence"], dtype="int64") for n in hf_input_names(config)],
-        outputs=[TensorInfo(name=output, shape=None)],
+        inputs=hf_inputs(config),
+        outputs=[TensorInfo(name=name, shape=None) for name in hf_output_names(config)],
         num_parameters=parameters,
         op_types={},
         prunable_layers=prunable,
-        architecture=architecture,
+        architecture=architecture_of(config),
         details={
-            "model_type": config.get("model_type"),
+            "model_type": config.get("model_type") if isinstance(config.get("model_type"), str) else None,
             "has_tokenizer": any(name in files for name in TOKENIZER_MARKERS),
-            "num_labels": len(config.get("id2label") or {}) or None,
-            "vocab_size": config.get("vocab_size"),
+            "num_labels": len(labels) if isinstance(labels := config.get("id2label"), dict) and labels else None,
+            "vocab_size": _count(config, "vocab_size"),
             "files": files,
             "size_bytes": Path(path).stat().st_size if Path(path).is_file() else None,
         },

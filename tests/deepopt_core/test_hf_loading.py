@@ -1,13 +1,16 @@
 """Loading Hugging Face folders as transformers does: each checkpoint quirk on the model that showed it (the shipped
 all-MiniLM-L6-v2 with its old position_ids buffer, sharded weights, fp16 files, GPT-2's tied head, a base model's
-weights in a head class and the reverse), and the weights that are really wrong refused by name."""
+weights in a head class and the reverse), the weights that are really wrong refused by name, and image models
+fed pixel_values through a whole job."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deepopt_core.errors import InvalidModel
@@ -189,3 +192,30 @@ def test_only_config_and_weights_reach_transformers(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     wrapper, _ = load_hf(folder, tmp_path)
     _same_weights(wrapper.hf_model, build_architecture("bert"))
+
+
+@pytest.mark.parametrize("name", ["convnext", "vit"])
+def test_vision_job_end_to_end(name, tmp_path):
+    """An image model with an .npz of pixel_values: prune + export saved as ONNX and HF, and static quantization
+    calibrated on the images. (Quantized weights in the 'hf' output are their own planner rule.)"""
+    import torch
+
+    folder = save_architecture(name, tmp_path / name)
+    archive = _zip(folder, tmp_path / f"{name}.zip")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "images.npz"
+    np.savez(data, pixel_values=rng.standard_normal((8, 3, 32, 32)).astype(np.float32))
+    result = optimize(archive, [{"type": "prune", "sparsity": 0.3}, {"type": "export"}], {"eval": data},
+                      ["onnx", "hf"], workdir=tmp_path / "pruned", benchmark=BENCH)
+    models = {a.format: a for a in result.artifacts if a.kind == "model"}
+    assert sorted(models) == ["hf", "onnx"]
+    assert [t.name for t in inspect_model(models["onnx"].path).inputs] == ["pixel_values"]
+    assert all(b.metrics["inputs"] == "eval" for b in result.benchmarks)
+    reloaded, _ = load_hf(models["hf"].path, tmp_path)
+    with torch.no_grad():
+        assert reloaded(torch.zeros(1, 3, 32, 32))[0].isfinite().all()
+
+    result = optimize(archive, [{"type": "quantize", "mode": "static"}], {"eval": data, "calibration": data},
+                      ["onnx"], workdir=tmp_path / "quantized", benchmark=BENCH)
+    assert [a.format for a in result.artifacts if a.kind == "model"] == ["onnx"]
+    shutil.rmtree(tmp_path / "pruned")

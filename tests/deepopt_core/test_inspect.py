@@ -194,3 +194,62 @@ def test_onnx_checker_failure_is_invalid(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(InvalidModel, match="invalid"):
         inspect_onnx(path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hugging Face architectures: inputs, outputs and facts read from config.json alone
+# --------------------------------------------------------------------------------------------------------------
+
+_TOKENS = ("input_ids", "attention_mask")
+_BERT_TOKENS = (*_TOKENS, "token_type_ids")
+_POOLED = ("last_hidden_state", "pooler_output")
+# name -> (input names, pixel_values shape or None, output names, task)
+HF_EXPECTED: dict[str, tuple[tuple[str, ...], list | None, tuple[str, ...], str]] = {
+    "bert": (_BERT_TOKENS, None, _POOLED, "feature-extraction"),
+    "bert-classifier": (_BERT_TOKENS, None, ("logits",), "text-classification"),
+    "bert-qa": (_BERT_TOKENS, None, ("start_logits", "end_logits"), "question-answering"),
+    "distilbert": (_TOKENS, None, ("logits",), "text-classification"),
+    "roberta": (_TOKENS, None, _POOLED, "feature-extraction"),
+    "gpt2": (_TOKENS, None, ("logits",), "text-generation"),
+    "llama": (_TOKENS, None, ("logits",), "text-generation"),
+    "llama-tied": (_TOKENS, None, ("logits",), "text-generation"),
+    "qwen2": (_TOKENS, None, ("logits",), "text-generation"),
+    "convnext": (("pixel_values",), ["batch", 3, 32, 32], ("logits",), "image-classification"),
+    "vit": (("pixel_values",), ["batch", 3, 32, 32], _POOLED, "image-feature-extraction"),
+    "resnet": (("pixel_values",), ["batch", 3, "height", "width"], _POOLED, "image-feature-extraction"),
+    "mobilenet_v2": (("pixel_values",), ["batch", 3, 32, 32], _POOLED, "image-feature-extraction"),
+    "efficientnet": (("pixel_values",), ["batch", 3, 32, 32], _POOLED, "image-feature-extraction"),
+}
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    from tests.fixtures.hf_architectures import ARCHITECTURES, save_architecture
+
+    root = tmp_path_factory.mktemp("hf-architectures")
+    return {name: save_architecture(name, root / name) for name in ARCHITECTURES}
+
+
+@pytest.mark.parametrize("name", sorted(HF_EXPECTED))
+def test_hf_architecture_inputs_and_outputs(name, hf_folders, tmp_path):
+    """Each family's inspected inputs and outputs are what the loaded model takes and returns, in order."""
+    import torch
+
+    from deepopt_core.evaluate.inputs import synthetic_feed
+    from deepopt_core.formats.hf import load_hf
+
+    inputs, pixels, outputs, task = HF_EXPECTED[name]
+    info = inspect_model(hf_folders[name])
+    assert tuple(t.name for t in info.inputs) == inputs
+    if pixels is None:
+        assert all(t.shape == ["batch", "sequence"] and t.dtype == "int64" for t in info.inputs)
+    else:
+        assert info.inputs[0].shape == pixels and info.inputs[0].dtype == "float32"
+    assert tuple(t.name for t in info.outputs) == outputs
+
+    wrapper, _ = load_hf(hf_folders[name], tmp_path)
+    assert tuple(wrapper.input_names) == inputs
+    feed = synthetic_feed(info, 2, vocab_size=int(info.details.get("vocab_size") or 0))
+    with torch.no_grad():
+        results = wrapper(*(torch.from_numpy(feed[n]) for n in inputs))
+    assert tuple(wrapper.output_names) == outputs and len(results) == len(outputs)
