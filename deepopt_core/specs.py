@@ -83,6 +83,7 @@ class BenchmarkSettings(BaseModel):
 
 
 Name = Annotated[str, Field(max_length=1024)]
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class TensorInfo(BaseModel):
@@ -116,6 +117,18 @@ class ModelDetails(BaseModel):
     num_labels: int | None = None
     vocab_size: int | None = None
     files: list[Name] | None = Field(None, max_length=100_000)
+    task: Annotated[str, Field(max_length=64)] | None = Field(
+        None, description="Pipeline task of the architecture: text-generation, text-classification, ...")
+    dtype: Annotated[str, Field(max_length=32)] | None = Field(
+        None, description="Floating dtype of most of the stored weights (float32, float16, bfloat16).")
+    context_length: Count | None = Field(None, description="Longest sequence (max_position_embeddings).")
+    hidden_size: Count | None = None
+    num_layers: Count | None = None
+    num_attention_heads: Count | None = None
+    num_key_value_heads: Count | None = Field(None, description="Grouped-query attention's key/value heads.")
+    tie_word_embeddings: bool | None = None
+    num_channels: Count | None = Field(None, description="Image models: channels of pixel_values.")
+    image_size: Count | None = Field(None, description="Image models: side of the square images, when fixed.")
 
 
 class ModelInfo(BaseModel):

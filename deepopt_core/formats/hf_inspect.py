@@ -143,6 +143,14 @@ _POOLED_BASES = frozenset({
 })  # fmt: skip
 """Model types whose base model (``BertModel``, ``ViTModel``, ...) returns ``pooler_output`` after
 ``last_hidden_state``."""
+_TASKS = (
+    ("ForCausalLM", "text-generation"), ("LMHeadModel", "text-generation"),
+    ("ForSequenceClassification", "text-classification"), ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"), ("ForMaskedLM", "fill-mask"),
+    ("ForMultipleChoice", "multiple-choice"), ("ForImageClassification", "image-classification"),
+)  # fmt: skip
+_FLOAT_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                 "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 _COUNT_LIMIT = 2**31 - 1
 
 
@@ -222,9 +230,57 @@ def hf_output_names(config: dict[str, Any]) -> list[str]:
     return names
 
 
+def task_of(config: dict[str, Any]) -> str | None:
+    """The pipeline task of the architecture (``text-generation`` for ``*ForCausalLM``), ``feature-extraction``
+    for a base model, None when the head is not one of :data:`_TASKS`."""
+    architecture = architecture_of(config) or ""
+    for suffix, task in _TASKS:
+        if architecture.endswith(suffix):
+            return task
+    if "For" in architecture:
+        return None
+    return "image-feature-extraction" if is_vision(config) else "feature-extraction"
+
+
+def weights_dtype(headers: dict[str, dict[str, Any]], config: dict[str, Any]) -> str | None:
+    """The floating dtype holding most of the weights (safetensors headers), else the config's ``dtype``."""
+    counts: dict[str, int] = {}
+    for header in headers.values():
+        for entry in header.values():
+            if isinstance(entry, dict) and entry.get("dtype") in _FLOAT_DTYPES:
+                count = 1
+                for dim in entry.get("shape", []):
+                    count *= int(dim)
+                name = _FLOAT_DTYPES[entry["dtype"]]
+                counts[name] = counts.get(name, 0) + count
+    if counts:
+        return max(counts, key=lambda name: counts[name])
+    declared = config.get("dtype", config.get("torch_dtype"))
+    return declared if isinstance(declared, str) and declared in _FLOAT_DTYPES.values() else None
+
+
+def config_facts(config: dict[str, Any]) -> dict[str, Any]:
+    """Sizes read from the config (:class:`deepopt_core.specs.ModelDetails` fields); absent ones are left out."""
+    facts: dict[str, Any] = {
+        "task": task_of(config),
+        "context_length": _count(config, "max_position_embeddings", "n_positions", "n_ctx"),
+        "hidden_size": _count(config, "hidden_size", "n_embd", "d_model", "dim"),
+        "num_layers": _count(config, "num_hidden_layers", "n_layer", "n_layers", "num_layers"),
+        "num_attention_heads": _count(config, "num_attention_heads", "n_head", "n_heads"),
+        "num_key_value_heads": _count(config, "num_key_value_heads"),
+        "num_channels": _count(config, "num_channels") if is_vision(config) else None,
+        "image_size": _count(config, "image_size") if is_vision(config) else None,
+    }
+    tied = config.get("tie_word_embeddings")
+    if isinstance(tied, bool):
+        facts["tie_word_embeddings"] = tied
+    return {key: value for key, value in facts.items() if value is not None}
+
+
 def inspect_hf(path: str | Path) -> ModelInfo:
     """Describe a Hugging Face archive or folder from its config.json and safetensors headers: the
-    architecture's inputs (:func:`hf_inputs`) and outputs (:func:`hf_output_names`), parameters.
+    architecture's inputs (:func:`hf_inputs`) and outputs (:func:`hf_output_names`), parameters, weight dtype
+    and the config's sizes (:func:`config_facts`).
 
     ``prunable_layers`` counts 2-D ``*.weight`` tensors that are not embeddings or norms (the Linear layers).
     """
@@ -255,6 +311,8 @@ def inspect_hf(path: str | Path) -> ModelInfo:
             "has_tokenizer": any(name in files for name in TOKENIZER_MARKERS),
             "num_labels": len(labels) if isinstance(labels := config.get("id2label"), dict) and labels else None,
             "vocab_size": _count(config, "vocab_size"),
+            "dtype": weights_dtype(headers, config),
+            **config_facts(config),
             "files": files,
             "size_bytes": Path(path).stat().st_size if Path(path).is_file() else None,
         },

@@ -125,6 +125,7 @@ def test_half_precision_weights_load_in_the_jobs_dtype(stored, tmp_path):
     model = build_architecture("bert-classifier").to(getattr(torch, stored))
     folder = tmp_path / stored
     model.save_pretrained(str(folder))
+    assert inspect_model(folder).details["dtype"] == stored
     wrapper, _ = load_hf(folder, tmp_path)
     assert {p.dtype for p in wrapper.parameters()} == {torch.float32}
     _same_weights(wrapper.hf_model, model)

@@ -245,7 +245,9 @@ def test_hf_architecture_inputs_and_outputs(name, hf_folders, tmp_path):
         assert all(t.shape == ["batch", "sequence"] and t.dtype == "int64" for t in info.inputs)
     else:
         assert info.inputs[0].shape == pixels and info.inputs[0].dtype == "float32"
+        assert info.details["num_channels"] == 3
     assert tuple(t.name for t in info.outputs) == outputs
+    assert info.details["task"] == task and info.details["dtype"] == "float32"
 
     wrapper, _ = load_hf(hf_folders[name], tmp_path)
     assert tuple(wrapper.input_names) == inputs
@@ -253,3 +255,31 @@ def test_hf_architecture_inputs_and_outputs(name, hf_folders, tmp_path):
     with torch.no_grad():
         results = wrapper(*(torch.from_numpy(feed[n]) for n in inputs))
     assert tuple(wrapper.output_names) == outputs and len(results) == len(outputs)
+
+
+def test_causal_lm_facts_from_config(hf_folders):
+    gpt2 = inspect_model(hf_folders["gpt2"]).details
+    assert gpt2 | {"files": None} == gpt2 | {
+        "files": None, "task": "text-generation", "vocab_size": 64, "context_length": 64, "hidden_size": 16,
+        "num_layers": 1, "num_attention_heads": 2, "tie_word_embeddings": True, "dtype": "float32",
+    }
+    assert "num_key_value_heads" not in gpt2  # GPT-2 has no grouped-query attention
+    llama = inspect_model(hf_folders["llama"]).details
+    assert (llama["num_key_value_heads"], llama["num_attention_heads"], llama["tie_word_embeddings"]) == (1, 2, False)
+    assert llama["context_length"] == 64 and llama["task"] == "text-generation"
+    assert inspect_model(hf_folders["llama-tied"]).details["tie_word_embeddings"] is True
+
+
+def test_hostile_config_sizes_are_dropped_not_stored(tmp_path, hf_folders):
+    """Sizes that are not plausible counts (strings, floats, huge) are left out instead of failing validation."""
+    import json
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(hf_folders["llama"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(num_hidden_layers="many", max_position_embeddings=1e30, num_key_value_heads=2**40,
+                  tie_word_embeddings="yes")
+    (folder / "config.json").write_text(json.dumps(config))
+    details = inspect_model(folder).details
+    assert not {"num_layers", "context_length", "num_key_value_heads", "tie_word_embeddings"} & set(details)
