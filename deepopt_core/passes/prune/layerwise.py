@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from deepopt_core.formats.torch_common import kind_of, unwrap
-from deepopt_core.passes.prune.obs import check_supported
+from deepopt_core.passes.prune.obs import split_supported
 from deepopt_core.passes.prune.recovery import (
     Batch,
     FineTune,
@@ -71,13 +71,17 @@ class _Captured(Exception):
 
 
 def input_rows(module: nn.Module, inp: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The layer's input as rows ``[n, inputs]`` matching the weight's 2-D view (``unfold`` for convolutions).
+    """The layer's input as rows ``[n, inputs]`` matching the weight's 2-D view (``unfold`` for convolutions;
+    ``[n, groups, inputs]`` for a grouped convolution, whose groups of weight rows each read their own inputs).
 
     `token_mask` (``[batch, tokens]``, e.g. an attention mask) drops padding tokens of ``[batch, tokens, in]`` inputs.
     """
     if kind_of(module) in ("Conv1d", "Conv2d"):
         cols = conv_columns(module, inp)  # [b, in*k, L]
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        groups = int(getattr(module, "groups", 1))
+        # A grouped (depthwise) convolution: [n, groups, in/groups * k], each group's slice of the columns.
+        return rows if groups == 1 else rows.reshape(rows.shape[0], groups, -1)
     if token_mask is not None and inp.dim() == 3 and tuple(inp.shape[:2]) == tuple(token_mask.shape):
         return inp[token_mask.bool()]
     return inp.reshape(-1, inp.shape[-1])
@@ -129,9 +133,22 @@ class LayerStatistics:
     model being pruned, and with a dense reference, ``cross = sum x x_ref^T`` (the same rows' inputs in the
     unpruned model)."""
 
-    hessian: torch.Tensor
+    hessian: torch.Tensor  # [inputs, inputs]; [groups, inputs, inputs] for a grouped convolution
     rows: int
     cross: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor, dense: torch.Tensor | None) -> None:
+        """Add input rows `x` (and the dense model's rows for the same samples)."""
+        if x.dim() == 3:  # grouped: one Hessian per group
+            by_group = x.transpose(0, 1)  # [groups, n, inputs]
+            self.hessian.baddbmm_(by_group.transpose(1, 2), by_group)
+            if self.cross is not None and dense is not None:
+                self.cross.baddbmm_(by_group.transpose(1, 2), dense.transpose(0, 1))
+        else:
+            self.hessian.addmm_(x.t(), x)
+            if self.cross is not None and dense is not None:
+                self.cross.addmm_(x.t(), dense)
+        self.rows += x.shape[0]
 
 
 def _capture(model: nn.Module, layers: Mapping[str, nn.Module], group: Sequence[str], batch: Batch,
@@ -179,12 +196,10 @@ def layer_statistics(model: nn.Module, layers: Mapping[str, nn.Module], group: S
                 calls: dict[str, int] = calls) -> None:
             entry = stats.get(name)
             if entry is None:
-                entry = stats[name] = LayerStatistics(torch.zeros(x.shape[1], x.shape[1]), 0,
-                                                      torch.zeros(x.shape[1], x.shape[1]) if reference else None)
-            entry.hessian.addmm_(x.t(), x)
-            entry.rows += x.shape[0]
-            if entry.cross is not None:
-                entry.cross.addmm_(x.t(), dense[name][calls[name]])
+                shape = (*x.shape[1:-1], x.shape[-1], x.shape[-1])
+                entry = stats[name] = LayerStatistics(torch.zeros(shape), 0,
+                                                      torch.zeros(shape) if reference else None)
+            entry.add(x, dense[name][calls[name]] if reference is not None else None)
             calls[name] += 1
 
         _capture(model, layers, group, batch, output_fn, stop_early, add)
@@ -220,7 +235,13 @@ def prune_rows(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, *, 
     """
     w = weight.detach().float().clone()
     rows, cols = w.shape
-    h = hessian.detach().float().clone()
+    # The solution does not depend on H's scale, but its factorization does: inputs of ~1e-19 (a randomly
+    # initialised MobileNet) give subnormal entries on which Cholesky fails, so H is brought to a mean diagonal of 1.
+    scale = float(hessian.detach().float().diagonal().mean())
+    scale = scale if scale > 0 and scale == scale and scale != float("inf") else 1.0
+    hessian = hessian.detach().float() / scale
+    cross = cross.detach().float() / scale if cross is not None else None
+    h = hessian.clone()
     dead = h.diagonal() == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
@@ -327,6 +348,26 @@ def global_allocation(layers: Mapping[str, nn.Module], sparsity: float) -> dict[
     return {n: 1.0 - float(keep[n].float().mean()) for n in keep}
 
 
+def _prune_layer_rows(view: torch.Tensor, entry: LayerStatistics, sparsity: float, *, dampening: float,
+                      nm: tuple[int, int] | None, already: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`prune_rows` on one layer; a grouped convolution's rows are pruned group by group, each with the
+    Hessian of its own inputs (the weight's output channels are ordered by group)."""
+    if entry.hessian.dim() == 2:
+        return prune_rows(view, entry.hessian, sparsity, dampening=dampening, nm=nm, already=already,
+                          cross=entry.cross)
+    groups = entry.hessian.shape[0]
+    per_group = view.shape[0] // groups
+    weights, keeps = [], []
+    for g in range(groups):
+        rows = slice(g * per_group, (g + 1) * per_group)
+        new, keep = prune_rows(view[rows], entry.hessian[g], sparsity, dampening=dampening, nm=nm,
+                               already=already[rows] if already is not None else None,
+                               cross=entry.cross[g] if entry.cross is not None else None)
+        weights.append(new)
+        keeps.append(keep)
+    return torch.cat(weights), torch.cat(keeps)
+
+
 def _set_view(module: nn.Module, new_view: torch.Tensor) -> None:
     weight = weight_of(module)
     with torch.no_grad():
@@ -379,8 +420,7 @@ def layerwise_obs_prune(
         raise ValueError("no prunable layers selected")
     if not data:
         raise ValueError("layer-wise OBS needs calibration data")
-    for name, module in layers.items():
-        check_supported(name, module)
+    layers, dense_layers = split_supported(layers)
     spec = FineTune.from_config(fine_tune)
     teacher = snapshot(model) if spec is not None and spec.epochs > 0 and spec.method != "task" else None
     root = unwrap(model)
@@ -415,8 +455,8 @@ def layerwise_obs_prune(
                 if masks is not None and name in masks:
                     already = ~input_dim_view(module, masks[name].to(view.device)).bool()
                 entry = stats[name]
-                new, keep = prune_rows(view, entry.hessian, targets_by_layer[name], dampening=dampening, nm=nm,
-                                       already=already, cross=entry.cross)
+                new, keep = _prune_layer_rows(view, entry, targets_by_layer[name], dampening=dampening, nm=nm,
+                                              already=already)
                 _set_view(module, new)
                 kept[name] = mask_in_weight_shape(module, keep)
             if progress is not None:
@@ -430,6 +470,7 @@ def layerwise_obs_prune(
                            masks=kept, layers={n: layers[n] for n in kept}, output_fn=output_fn)
     report = make_report("obs", model, list(kept), sparsity, time.perf_counter() - started, hessian="inputs",
                          scope=scope, dampening=dampening, forward_passes=passes, match_dense=match_dense,
-                         recovery=recovery, **({"pattern": f"{nm[0]}:{nm[1]}"} if nm else {}))
+                         recovery=recovery, dense_layers=dense_layers,
+                         **({"pattern": f"{nm[0]}:{nm[1]}"} if nm else {}))
     report.details["keep"] = kept
     return report

@@ -34,6 +34,7 @@ from deepopt_core.passes.prune.obs import (
     plan_groups,
     prune_layer_obs,
     saliency,
+    split_supported,
 )
 from deepopt_core.passes.prune.recovery import (
     Batch,
@@ -210,6 +211,7 @@ def nm_prune(
     spec = FineTune.from_config(fine_tune)
     teacher = snapshot(model) if spec is not None and spec.epochs > 0 and spec.method != "task" else None
     view_keep: dict[str, torch.Tensor] = {}
+    by_magnitude: dict[str, str] = {}  # layers OBS cannot take: N:M chosen by magnitude instead, with the reason
     if method == "magnitude":
         with torch.no_grad():
             for name, module in layers.items():
@@ -222,7 +224,8 @@ def nm_prune(
 
         inner = layerwise_obs_prune(model, (m - n) / m, data=data, dampening=dampening, nm=(n, m),
                                     output_fn=output_fn, targets=list(layers), keep_head=False)
-        for name, module in layers.items():  # a layer the forward never called: by magnitude
+        by_magnitude.update(inner.details.get("dense_layers") or {})
+        for name, module in layers.items():  # a layer the forward never called or OBS cannot take: by magnitude
             view = input_dim_view(module, weight_of(module)).detach()
             kept = inner.details["keep"].get(name)
             view_keep[name] = input_dim_view(module, kept) if kept is not None else nm_keep_mask(view.abs(), n, m)
@@ -231,7 +234,12 @@ def nm_prune(
             raise ValueError("N:M with OBS needs calibration data")
         if block_size % m:
             block_size = max(m, block_size // m * m)
-        groups = [list(layers)] if fishers is not None else plan_groups(layers, block_size, memory_mb, align=m)
+        obs_layers, by_magnitude = split_supported(layers)
+        with torch.no_grad():
+            for name in by_magnitude:
+                view_keep[name] = nm_keep_mask(input_dim_view(layers[name], weight_of(layers[name])).abs(), n, m)
+        groups = [list(obs_layers)] if fishers is not None else plan_groups(obs_layers, block_size, memory_mb,
+                                                                            align=m)
         for names in groups:
             group = ({k: fishers[k] for k in names} if fishers is not None else compute_inverse_fishers(
                 model, {k: layers[k] for k in names}, data or [], block_size=block_size, num_gradients=num_gradients,
@@ -255,7 +263,8 @@ def nm_prune(
     verification = verify_nm(model, n, m, list(layers))
     report = make_report("nm", model, layers, (m - n) / m, time.perf_counter() - started, pattern=f"{n}:{m}",
                          selection=method, hessian=hessian if method == "obs" else None,
-                         verification=verification.as_dict(), recovery=recovery)
+                         verification=verification.as_dict(), recovery=recovery,
+                         **({"by_magnitude": by_magnitude} if method == "obs" else {}))
     report.details["keep"] = masks
     return report
 

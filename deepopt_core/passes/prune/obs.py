@@ -223,17 +223,53 @@ class BlockInverseFisher:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def check_supported(name: str, module: nn.Module) -> None:
-    """Raise TypeError unless second-order pruning can take this layer (eager Linear, Conv1D, plain Conv1d/2d)."""
+def unsupported_reason(module: nn.Module) -> str | None:
+    """Why second-order pruning cannot take this layer, or None when it can (eager Linear, Conv1D, Conv1d/2d with
+    numeric zero padding; grouped and depthwise convolutions too, each group with its own inputs)."""
     kind = kind_of(module)
     if isinstance(module, torch.jit.ScriptModule):
-        raise TypeError(f"{name}: second-order pruning needs an eager nn.Module (not TorchScript)")
+        return "second-order pruning needs an eager nn.Module (not TorchScript)"
     if kind in ("Conv1d", "Conv2d"):
         conv: Any = module
-        if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise TypeError(f"{name}: only groups=1 convolutions with numeric zero padding are supported")
-    elif kind not in ("Linear", "NonDynamicallyQuantizableLinear", "Conv1D"):
-        raise TypeError(f"{name}: {kind} is not supported by second-order pruning")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            return f"{kind} with padding {conv.padding!r} ({conv.padding_mode}): only numeric zero padding is supported"
+        return None
+    if kind not in ("Linear", "NonDynamicallyQuantizableLinear", "Conv1D"):
+        return f"{kind} is not supported by second-order pruning"
+    return None
+
+
+def check_supported(name: str, module: nn.Module) -> None:
+    """Raise TypeError unless second-order pruning can take this layer (:func:`unsupported_reason`)."""
+    reason = unsupported_reason(module)
+    if reason is not None:
+        raise TypeError(f"{name}: {reason}")
+
+
+def split_supported(layers: Mapping[str, nn.Module]) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The layers second-order pruning takes, and the others with the reason (they stay dense).
+
+    Why not fail: one unusual layer (a Conv3d, a circular padding) should not stop pruning a model whose other
+    layers are fine; the job's decisions list what stayed dense and why.
+
+    Raises:
+        ValueError: no layer is supported (the pass reports it as a failure naming the reasons).
+    """
+    supported: dict[str, nn.Module] = {}
+    dense: dict[str, str] = {}
+    for name, module in layers.items():
+        reason = unsupported_reason(module)
+        if reason is None:
+            supported[name] = module
+        else:
+            dense[name] = reason
+    if layers and not supported:
+        first = next(iter(dense.items()))
+        raise ValueError(f"no selected layer can be pruned by second-order pruning ({first[0]}: {first[1]}); "
+                         "use magnitude pruning")
+    if dense:
+        log.info("second-order pruning leaves %d layers dense: %s", len(dense), list(dense)[:10])
+    return supported, dense
 
 
 def _layer_grads(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
@@ -241,7 +277,16 @@ def _layer_grads(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor) -
     b = inp.shape[0]
     if kind_of(module) in ("Conv1d", "Conv2d"):
         cols = conv_columns(module, inp)  # [b, in*k, L]
-        return torch.bmm(grad_out.reshape(b, grad_out.shape[1], -1), cols.transpose(1, 2))
+        grads = grad_out.reshape(b, grad_out.shape[1], -1)
+        groups = int(getattr(module, "groups", 1))
+        if groups == 1:
+            return torch.bmm(grads, cols.transpose(1, 2))
+        # Group g's output channels read only group g's input channels (a contiguous slice of the columns, as
+        # unfold orders them channel-major), and its weight rows hold exactly those inputs.
+        positions = cols.shape[-1]
+        per_group = torch.einsum("bgol,bgcl->bgoc", grads.reshape(b, groups, -1, positions),
+                                 cols.reshape(b, groups, -1, positions))
+        return per_group.reshape(b, grad_out.shape[1], -1)
     x = inp.reshape(b, -1, inp.shape[-1])
     g = grad_out.reshape(b, -1, grad_out.shape[-1])
     return torch.bmm(g.transpose(1, 2), x)  # Linear [out, in]; Conv1D's 2-D view is also [out, in]
@@ -593,6 +638,7 @@ def obs_prune(
     layers = select_layers(model, targets, exclude, keep_head=keep_head)
     if not layers:
         raise ValueError("no prunable layers selected")
+    layers, dense = split_supported(layers)
     spec = FineTune.from_config(fine_tune)
     teacher = snapshot(model) if spec is not None and spec.epochs > 0 and spec.method != "task" else None
     kept: dict[str, torch.Tensor] = {}
@@ -643,7 +689,7 @@ def obs_prune(
                            masks=weight_masks, layers=layers, output_fn=output_fn)
     report = make_report("obs", model, layers, sparsity, time.perf_counter() - started, scope=scope,
                          block_size=block_size, num_gradients=num_gradients, dampening=dampening, update=update,
-                         groups=len(groups), recovery=recovery)
+                         groups=len(groups), recovery=recovery, dense_layers=dense)
     report.details["keep"] = weight_masks
     return report
 
@@ -685,6 +731,7 @@ def gradual_obs_prune(
     layers = select_layers(model, targets, exclude, keep_head=keep_head)
     if not layers:
         raise ValueError("no prunable layers selected")
+    layers, dense = split_supported(layers)
     spec = FineTune.from_config(fine_tune)
     teacher = snapshot(model) if spec is not None and spec.epochs > 0 and spec.method != "task" else None
     if callback is None:
@@ -702,7 +749,8 @@ def gradual_obs_prune(
                                    initial_sparsity=initial_sparsity)
     report = make_report("obs", model, layers, sparsity, time.perf_counter() - started, scope=scope,
                          block_size=block_size, num_gradients=num_gradients, dampening=dampening, update=update,
-                         hessian=hessian, schedule={"steps": steps, "initial_sparsity": initial_sparsity})
+                         hessian=hessian, schedule={"steps": steps, "initial_sparsity": initial_sparsity},
+                         dense_layers=dense)
     report.steps = history
     report.details["keep"] = masks
     return report

@@ -171,7 +171,7 @@ def _run(spec: Any, core: nn.Module, ctx: PassContext, output_fn: OutputFn, fine
                                        initial_sparsity=spec.schedule.initial_sparsity, **settings)
         else:
             report = obs_prune(core, spec.sparsity, **settings)
-        return _unstructured(report, spec)
+        return _unstructured(report, spec, ctx)
     if isinstance(spec, NMPruneConfig):
         from deepopt_core.passes.prune.nm import nm_prune
 
@@ -182,7 +182,7 @@ def _run(spec: Any, core: nn.Module, ctx: PassContext, output_fn: OutputFn, fine
         verification = report.details.get("verification") or {}
         if not verification.get("ok"):
             raise PassFailed(f"prune: the {spec.n}:{spec.m} pattern check failed: {verification}")
-        return {**_unstructured(report, spec), "pattern": f"{spec.n}:{spec.m}", "selection": spec.selection,
+        return {**_unstructured(report, spec, ctx), "pattern": f"{spec.n}:{spec.m}", "selection": spec.selection,
                 "hessian": spec.hessian if spec.selection == "obs" else None}
     if isinstance(spec, StructuredPruneConfig):
         from deepopt_core.passes.prune.structured import structured_prune
@@ -198,7 +198,12 @@ def _run(spec: Any, core: nn.Module, ctx: PassContext, output_fn: OutputFn, fine
     raise PassFailed(f"unknown prune method {getattr(spec, 'method', None)!r}")
 
 
-def _unstructured(report: Any, spec: Any) -> dict[str, Any]:
+def _unstructured(report: Any, spec: Any, ctx: PassContext | None = None) -> dict[str, Any]:
+    left = {**(report.details.get("dense_layers") or {}), **(report.details.get("by_magnitude") or {})}
+    if ctx is not None and left:
+        how = "chosen by magnitude" if report.details.get("by_magnitude") else "left dense"
+        ctx.warn(f"prune: {len(left)} layers second-order pruning cannot take were {how}: "
+                 + "; ".join(f"{name}: {reason}" for name, reason in list(left.items())[:5]))
     out = report.as_dict()
     out.pop("keep", None)
     out["pruned_sparsity"] = out.pop("sparsity")
