@@ -211,7 +211,7 @@ def _record(spec: Any, ctx: PassContext, decisions: dict[str, Any], quantized: o
         "exclude_aliases": aliases,
     }  # fmt: skip
     if mode == "dynamic":
-        summary.update(weight_dtype=spec.weight_dtype, per_channel=spec.per_channel)
+        summary.update(weight_dtype=spec.weight_dtype, per_channel=(decisions.get("settings") or {}).get("per_channel"))
     ctx.decisions.update({**summary, **{k: v for k, v in decisions.items() if k != "mode"}})
 
     unmatched = decisions.get("exclude_unmatched") or []
@@ -240,10 +240,18 @@ def _record(spec: Any, ctx: PassContext, decisions: dict[str, Any], quantized: o
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _qconfig(spec: Any) -> Any:
+def _per_channel(spec: Any, model: Any) -> bool:
+    """`spec.per_channel`, or by default per channel on Hugging Face models (transformers) and per tensor on the
+    others, as measured (see `DynamicQuantizeConfig.per_channel`)."""
+    if spec.per_channel is not None:
+        return bool(spec.per_channel)
+    return bool(getattr(type(model), "is_hf_wrapper", False))
+
+
+def _qconfig(per_channel: bool) -> Any:
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
 
-    return per_channel_dynamic_qconfig if spec.per_channel else default_dynamic_qconfig
+    return per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
 
 
 def _quantize_graph_module(module: Any, qconfig: Any, exclude: set[str]) -> list[str]:
@@ -292,7 +300,8 @@ def _dynamic_torch(spec: Any, model: Any, ctx: PassContext) -> Any:
     from deepopt_core.formats.torch_common import is_graph, is_script, prunable_params, quantized_weights
 
     exclude = set(spec.exclude)
-    qconfig = _qconfig(spec)
+    per_channel = _per_channel(spec, model)
+    qconfig = _qconfig(per_channel)
     linear_names = [name for name, w in prunable_params(model).items() if w.dim() == 2]
     rewritten: list[str] = []
     with warnings.catch_warnings():
@@ -324,7 +333,7 @@ def _dynamic_torch(spec: Any, model: Any, ctx: PassContext) -> Any:
     if not layers:
         ctx.warn("quantize: no Linear layer was quantized")
     ctx.decisions.update({
-        "mode": "dynamic", "engine": engine, "weight_dtype": "int8", "per_channel": spec.per_channel,
+        "mode": "dynamic", "engine": engine, "weight_dtype": "int8", "per_channel": per_channel,
         "quantized_layers": layers, "linear_layers": linear_names, "excluded": sorted(exclude),
         "kept_float": [{"layer": name, "reason": "excluded by the user"} for name in sorted(exclude)
                        if name in linear_names],
