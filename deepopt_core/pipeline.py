@@ -176,7 +176,13 @@ def _export(handle: ModelHandle, spec: Any, base: PassContext, index: int | None
 def _import(handle: ModelHandle, base: PassContext, track: str, progress: Callable[[float], None]) -> dict[str, Any]:
     """Convert the ONNX model to torch for the passes that need it (:mod:`deepopt_core.formats.onnx_torch`)."""
     from deepopt_core.formats.onnx_torch import onnx_to_torch
+    from deepopt_core.planning import onnx_import_problem
 
+    # The submit check refuses the same models from the same stored inspection; a job submitted before it existed
+    # (or through the library) is refused here, before converting and pruning for nothing.
+    problem = onnx_import_problem(base.info.op_types, [t.shape for t in base.info.inputs])
+    if problem is not None:
+        raise PassFailed(f"the torch methods cannot run on this model: {problem}")
     progress(0.0)
     handle.model, report = onnx_to_torch(handle.model, base.sample, handle.input_names)
     handle.representation = "torch"

@@ -10,6 +10,7 @@ The same function validates a job at submit time (no torch imported) and drives 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,29 @@ class Track:
     export_before: int | None = None  # index of the pass before which the torch model is exported to ONNX
     import_before: int | None = None  # index of the pass before which an ONNX model is converted to torch
     steps: list[tuple[int, str]] = field(default_factory=list)  # (pass index, representation it runs on)
+
+
+# ONNX ops that compute shapes while the graph runs. onnx2torch turns their results into Python values, so the
+# converted module exported back to ONNX keeps the sample's shapes (or, for some opsets, has no converter at all);
+# transformer exports (ViT, GPT-2, Qwen2, BERT) are full of them, MLPs and CNNs with Flatten have none.
+SHAPE_OPS = frozenset({"Shape", "Size"})
+
+
+def onnx_import_problem(op_types: Mapping[str, int], input_shapes: Sequence[Sequence[Any] | None]) -> str | None:
+    """Why an ONNX model cannot be converted to torch for the prune methods and exported back, or None.
+
+    The one predicate behind both the submit check (from the stored inspection: `op_types`, `inputs`) and the
+    conversion at run time (:func:`deepopt_core.formats.onnx_torch.onnx_to_torch`, from the graph itself), so
+    that the two never disagree. A graph of fixed shapes converts whatever it computes.
+    """
+    shape_ops = sorted(op for op in SHAPE_OPS if op_types.get(op, 0))
+    symbolic = any(shape is None or any(not isinstance(dim, int) for dim in shape) for shape in input_shapes)
+    if shape_ops and symbolic:
+        return (f"this ONNX model computes shapes while it runs ({', '.join(shape_ops)} ops, as transformer "
+                "exports do), which the conversion to PyTorch would fix to one input shape; upload the Hugging "
+                "Face folder or a torch.export (.pt2) model instead, or use magnitude or N:M (magnitude) pruning, "
+                "which run on the ONNX graph itself")
+    return None
 
 
 def _representations(spec: Any) -> tuple[str, ...]:

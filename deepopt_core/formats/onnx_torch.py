@@ -15,6 +15,9 @@ The conversion is `onnx2torch <https://github.com/ENOT-AutoDL/onnx2torch>`_ (Apa
 * the converted module must reproduce ONNX Runtime's outputs on the job's sample inputs (max abs difference at
   most ``TOLERANCE`` relative to the output scale); a graph with an op onnx2torch lacks, or one that diverges, is
   refused with the reason (:class:`deepopt_core.errors.PassFailed`);
+* a graph that computes shapes while it runs (``Shape``/``Size`` ops) with symbolic input dimensions is refused
+  before converting, at submit and at run alike (:func:`deepopt_core.planning.onnx_import_problem`, from the
+  stored inspection): onnx2torch turns those shapes into Python values, so the export back would fix them;
 * after the torch passes, the export back to ONNX must still take another batch size
   (:func:`check_symbolic_batch`): onnx2torch computes some shapes in Python (those of a transformer's attention
   mask), which an export fixes to the sample's. MLPs and CNNs pass; BERT-family exports convert and prune but are

@@ -95,6 +95,13 @@ class _PruneBase(PassConfig):
             known = [names[f] for f in formats]
             allowed = ", ".join(known[:-1]) + " or " + known[-1] if len(known) > 1 else known[0]
             return [((field,), f"{why} needs a {allowed} model; this one is {names.get(str(fmt), 'ONNX')}")]
+        if fmt == "onnx":
+            from deepopt_core.planning import onnx_import_problem
+
+            shapes = [t.get("shape") for t in context.model.get("inputs") or [] if isinstance(t, dict)]
+            problem = onnx_import_problem(context.model.get("op_types") or {}, shapes)
+            if problem is not None:
+                return [((field,), f"{why} runs on PyTorch, but {problem}")]
         return []
 
 

@@ -351,10 +351,10 @@ def test_onnx_conversion_refuses_ops_it_lacks() -> None:
 
 def test_a_bert_onnx_export_is_refused_with_the_reason(tmp_path: Path) -> None:
     """A 2-layer BERT exported by the TorchScript-based exporter (random weights) converts and matches ONNX Runtime
-    (shared weights behind Identity nodes folded, Flatten with axis 0, GreaterOrEqual of opset 16), and OBS prunes
-    it; but the export back keeps the sample's batch size (onnx2torch computes the attention mask's shapes in
-    Python), so the job fails with that reason instead of leaving a model that breaks at other batch sizes; its
-    attention heads and FFN blocks are not recognised in the converted graph, so structured pruning finds none."""
+    (shared weights behind Identity nodes folded, Flatten with axis 0, GreaterOrEqual of opset 16); but the export
+    back would keep the sample's batch size (onnx2torch computes the attention mask's shapes in Python, and pruning
+    found no heads or FFN blocks in the converted graph), so a job is refused before converting, from the Shape ops
+    its inspection records (issue 15: the same predicate as at submit), instead of failing after pruning."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -385,10 +385,10 @@ def test_a_bert_onnx_export_is_refused_with_the_reason(tmp_path: Path) -> None:
     bench = {"batch_sizes": [4], "runs": 2, "warmup": 1, "threads": 1}
     obs_spec = {"type": "prune", "method": "obs", "sparsity": 0.5, "num_gradients": 32}
     events: list[str] = []
-    with pytest.raises(PassFailed, match="exports back with the sample's shapes fixed"):
+    with pytest.raises(PassFailed, match="computes shapes while it runs"):
         optimize(tmp_path / "bert.onnx", [obs_spec], {"calibration": tmp_path / "calib.npz"}, None,
                  workdir=tmp_path / "obs", benchmark=bench, on_progress=lambda _f, stage: events.append(stage))
-    assert {"import", "prune", "export"} <= set(events)  # converted and pruned; refused at the export
+    assert "prune" not in events  # refused before converting, not after pruning
     from deepopt_core.formats.onnx_torch import onnx_to_torch
 
     sample = {"input_ids": ids.numpy(), "attention_mask": np.ones((2, 12), np.int64)}
@@ -396,6 +396,6 @@ def test_a_bert_onnx_export_is_refused_with_the_reason(tmp_path: Path) -> None:
     assert report["max_abs_diff_vs_onnxruntime"] < 1e-4
     names = report["converted_layers"]  # named as on the ONNX path: the node's name, else the weight's
     assert "/m/bert/encoder/layer.0/attention/self/query/MatMul" in names and "m.classifier" in names
-    with pytest.raises(PassFailed, match="no prunable unit groups"):
+    with pytest.raises(PassFailed, match="computes shapes while it runs"):
         optimize(tmp_path / "bert.onnx", [{"type": "prune", "method": "structured", "sparsity": 0.5}],
                  {"calibration": tmp_path / "calib.npz"}, None, workdir=tmp_path / "structured", benchmark=bench)
