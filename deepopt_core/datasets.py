@@ -26,6 +26,9 @@ LABELS = "labels"
 # Inputs a dataset may leave out: they are filled in (attention_mask with ones, token_type_ids with zeros).
 OPTIONAL_INPUTS = ("attention_mask", "token_type_ids")
 MAX_JSONL_LINE = 1 << 20
+NO_TOKENIZER = ("the model archive has no tokenizer, so text (.jsonl) cannot be tokenized: upload the Hugging Face "
+                "folder with its tokenizer files (tokenizer.json or the vocabulary and tokenizer_config.json), or "
+                "give an .npz of token ids (input_ids, attention_mask)")
 
 
 @dataclass
@@ -178,7 +181,7 @@ def check_dataset_for_model(dataset: DatasetInfo, model: ModelInfo) -> list[str]
         if model.format != "hf":
             problems.append("text (.jsonl) datasets need a Hugging Face model; give an .npz with the input arrays")
         elif not model.details.get("has_tokenizer"):
-            problems.append("the model archive has no tokenizer, so text (.jsonl) cannot be tokenized")
+            problems.append(NO_TOKENIZER)
         return problems
     for tensor in model.inputs:
         shape = dataset.arrays.get(tensor.name)

@@ -61,8 +61,9 @@ def validate_job(session: Session, tenant: str, body: JobCreate) -> tuple[Model,
 
     from deepopt_core.datasets import check_dataset_for_model
 
+    # Text (.jsonl) too: a Hugging Face model without a tokenizer cannot read it, and the job would fail later.
     for field, dataset in datasets.items():
-        if dataset is not None and dataset.format == "npz":
+        if dataset is not None:
             for message in check_dataset_for_model(_dataset_info(dataset), _model_info(model)):
                 problems.append(FieldProblem(field=field, message=message, pointer=f"#/{field}"))
 

@@ -98,7 +98,9 @@ class TrainingConfig(PassConfig):
             if context.model.get("format") != "hf":
                 problems.append(((), "text (.jsonl) training data needs a Hugging Face model"))
             elif not (context.model.get("details") or {}).get("has_tokenizer"):
-                problems.append(((), "the model archive has no tokenizer, so .jsonl text cannot be tokenized"))
+                from deepopt_core.datasets import NO_TOKENIZER
+
+                problems.append(((), NO_TOKENIZER))
         return problems
 
 

@@ -84,6 +84,11 @@ class _PruneBase(PassConfig):
                                  "use 'distill' or 'auto'"))
             elif context.train.get("format") == "jsonl" and context.model.get("format") != "hf":
                 problems.append((("fine_tune",), "text (.jsonl) train data needs a Hugging Face model"))
+            elif context.train.get("format") == "jsonl" and not (context.model.get("details") or {}).get(
+                    "has_tokenizer"):
+                from deepopt_core.datasets import NO_TOKENIZER
+
+                problems.append((("fine_tune",), f"train data: {NO_TOKENIZER}"))
         return problems
 
     def _torch_only(self, context: SubmitContext, field: str, why: str,
