@@ -220,8 +220,13 @@ def _save(handle: ModelHandle, fmt: str, path: Path, sample: dict[str, np.ndarra
     return None
 
 
-def verify(path: Path, fmt: str, info: ModelInfo, sample: dict[str, np.ndarray], scratch: Path) -> ModelInfo:
+def verify(path: Path, fmt: str, info: ModelInfo, sample: dict[str, np.ndarray], scratch: Path,
+           original: Path | None = None) -> ModelInfo:
     """Load `path` from disk, run it on `sample`, and check the outputs; returns the artifact's ModelInfo.
+
+    Args:
+        original: the uploaded model; when the output fails, it is run on the same sample, so that a model that
+            never ran on these inputs is blamed instead of the output.
 
     Raises:
         PassFailed: the file does not load, does not run, or gives empty or non-finite outputs.
@@ -233,12 +238,38 @@ def verify(path: Path, fmt: str, info: ModelInfo, sample: dict[str, np.ndarray],
         runner = open_runner(path, fmt, artifact_info, workdir=scratch)
         outputs = runner(sample)
     except Exception as exc:
-        raise PassFailed(f"the {fmt} output does not load and run: {str(exc).splitlines()[0][:500]}") from None
+        reason = str(exc).splitlines()[0][:500]
+        own = _original_failure(original, info, sample, scratch) if original is not None else None
+        if own is not None:
+            raise PassFailed(_does_not_run(info, sample, own)) from None
+        raise PassFailed(f"the {fmt} output does not load and run: {reason}") from None
     if not outputs or any(o.size == 0 for o in outputs):
         raise PassFailed(f"the {fmt} output returned no values")
     if any(o.dtype.kind == "f" and not np.isfinite(o).all() for o in outputs):
         raise PassFailed(f"the {fmt} output returns NaN or infinite values")
     return artifact_info
+
+
+def _original_failure(original: Path, info: ModelInfo, sample: dict[str, np.ndarray], scratch: Path) -> str | None:
+    """Why the uploaded model itself fails on `sample`, or None when it runs."""
+    from deepopt_core.evaluate.runners import open_runner
+
+    try:
+        open_runner(original, info.format, info, workdir=scratch)(sample)
+    except Exception as exc:
+        return str(exc).splitlines()[0][:300]
+    return None
+
+
+def _does_not_run(info: ModelInfo, sample: dict[str, np.ndarray], reason: str) -> str:
+    """The failure of a job whose uploaded model does not run on the job's inputs (an export that fixed a
+    dimension its inputs declare symbolic: a legacy torch.onnx.export without dynamic_axes for it)."""
+    declared = {t.name: t.shape for t in info.inputs}
+    shapes = ", ".join(f"{name} {list(value.shape)} (declared {declared.get(name)})" for name, value in sample.items())
+    return (f"the uploaded model itself does not run on the job's inputs ({shapes}): {reason}. It was probably "
+            "exported for one input shape (torch.onnx.export without dynamic_axes, or dynamic_shapes, for the "
+            "dimension that differs); re-export it with dynamic axes for every dimension the datasets vary, or give "
+            "datasets of the shapes it was exported with")
 
 
 def _run_track(track: Track, specs: list[Any], model: Path, base: PassContext, hf_folder: Path | None,
@@ -359,7 +390,7 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
                 path = (workdir / filename).resolve()
                 stored = _save(handle, fmt, path, sample)
                 progress.at(start + 0.9 * width, "verifying")
-                verify(path, fmt, info, sample, scratch)
+                verify(path, fmt, info, sample, scratch, original=model)
                 if stored is not None:
                     storage[len(result.artifacts)] = stored
                 result.artifacts.append(ArtifactResult(path=str(path), kind="model", format=fmt, filename=filename))
