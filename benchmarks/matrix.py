@@ -18,6 +18,7 @@ and time of the run that produced it, and cells never run say so.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import logging
@@ -301,6 +302,19 @@ def _verify(cell: Cell, rows: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def _check_downloads(client: Any, job: dict[str, Any], output: str) -> str | None:
+    """Why a model artifact of `output` does not download as the bytes its record names, or None."""
+    for artifact in job.get("artifacts", []):
+        if artifact["kind"] != "model" or artifact["format"] != output:
+            continue
+        response = client.get(artifact["download_url"])
+        if response.status_code != 200:
+            return f"downloading {artifact['filename']} answered {response.status_code}"
+        if hashlib.sha256(response.content).hexdigest() != artifact["sha256"]:
+            return f"{artifact['filename']} does not match its sha256"
+    return None
+
+
 def run_cell(client: Any, cell: Cell, uploaded: Upload) -> dict[str, Any]:
     """One cell, as its user's job would go. Returns the outcome record (see the module docstring)."""
     from worker.executor import execute_job
@@ -334,7 +348,7 @@ def run_cell(client: Any, cell: Cell, uploaded: Upload) -> dict[str, Any]:
             message = f"{message[:300]} ... {message[-700:]}"
         return {**record, "outcome": "failed", "error": {"code": error["code"], "message": message}}
     original, rows = _artifact_rows(job)
-    problem = _verify(cell, rows)
+    problem = _verify(cell, rows) or _check_downloads(client, job, cell.output)
     if problem:
         return {**record, "outcome": "failed", "error": {"code": "unverified_output", "message": problem}}
     return {**record, "outcome": "succeeded", "artifacts": rows, "warnings": job.get("warnings", [])[:5],
@@ -371,12 +385,15 @@ def run_cells(cells: list[Cell], *, cache_dir: Path = mm.DEFAULT_CACHE, data_dir
 # ---------------------------------------------------------------------------------------------------------------
 
 def commit_hash() -> str:
+    """HEAD, with `+dirty` when tracked files differ from it (the run then measured uncommitted code too)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=mm.ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=mm.ROOT,
+                                 capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return head
+    return f"{head}+dirty" if changed else head
 
 
 def definition() -> dict[str, Any]:
@@ -426,24 +443,29 @@ def main(argv: list[str] | None = None) -> int:
         cells = select(fast_cells() if args.slice == "fast" else all_cells(), args.only, args.uploads,
                        args.variants, args.outputs)
         started = datetime.now(UTC)
-        total = len(cells)
+        base = previous
+        run: dict[str, Any] = {
+            "id": started.strftime("%Y%m%dT%H%M%SZ"), "started_at": started.isoformat(timespec="seconds"),
+            "finished_at": None, "commit": commit_hash(), "slice": args.slice,
+            "only": [f"{name}={','.join(values)}" for name, values in (
+                ("only", args.only), ("uploads", args.uploads), ("variants", args.variants),
+                ("outputs", args.outputs)) if values],
+            "cells": 0, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+        done: dict[str, dict[str, Any]] = {}
 
-        def progress(cell: Cell, record: dict[str, Any]) -> None:
-            done = len(records_so_far) + 1
-            records_so_far.append(cell.id)
-            print(f"[{done}/{total}] {cell.id}: {record['outcome']} {record.get('seconds', 0):.1f}s "
+        def save(cell: Cell, record: dict[str, Any]) -> None:
+            # After every cell, so a run stopped part way (a long `make matrix`) keeps what it measured.
+            done[cell.id] = record
+            run.update(cells=len(done), finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            print(f"[{len(done)}/{len(cells)}] {cell.id}: {record['outcome']} {record.get('seconds', 0):.1f}s "
                   f"{(record.get('error') or {}).get('code', '')}", flush=True)
+            RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
+            partial = RESULTS_JSON.with_suffix(".json.tmp")
+            partial.write_text(json.dumps(merge(base, done, dict(run)), indent=1) + "\n")
+            partial.replace(RESULTS_JSON)
 
-        records_so_far: list[str] = []
-        records = run_cells(cells, cache_dir=args.cache_dir, on_cell=progress)
-        run = {"id": started.strftime("%Y%m%dT%H%M%SZ"), "started_at": started.isoformat(timespec="seconds"),
-               "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "commit": commit_hash(),
-               "slice": args.slice, "only": [*(args.only or []), *(args.uploads or []), *(args.variants or []),
-                                             *(args.outputs or [])], "cells": len(records),
-               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
-        previous = merge(previous, records, run)
-        RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS_JSON.write_text(json.dumps(previous, indent=1, sort_keys=False) + "\n")
+        run_cells(cells, cache_dir=args.cache_dir, on_cell=save)
+        previous = json.loads(RESULTS_JSON.read_text()) if done else base
     if previous is None:
         parser.error("no results to render: run the matrix first")
     matrix_report.write_all(previous)

@@ -38,7 +38,7 @@ def _header(results: dict[str, Any], generated_what: str) -> list[str]:
         "",
         "Runs that produced the cells below (a later run of some cells replaces their earlier results):",
         "",
-        "| run | commit | started (UTC) | finished | slice | only | cells |",
+        "| run | commit | started (UTC) | last cell (UTC) | slice | filters | cells |",
         "|---|---|---|---|---|---|---:|",
     ]
     for run in results["runs"]:
@@ -82,8 +82,8 @@ def _reason(record: dict[str, Any]) -> str:
 def _defect(record: dict[str, Any]) -> str:
     error = record.get("error") or {}
     message = re.sub(r"\s+", " ", str(error.get("message", "")))
-    if len(message) > 300:  # a child's traceback: what went wrong is at its end
-        message = "..." + message[-300:]
+    if len(message) > 300:  # a child's traceback says what went wrong at its end; a pass's own error at its start
+        message = "..." + message[-300:] if error.get("code") == "internal_error" else message[:300] + "..."
     message = message.replace("|", "\\|")
     return f"`{error.get('code', '?')}`: {message}"
 
@@ -102,7 +102,9 @@ def render_support(results: dict[str, Any]) -> str:
         "Each architecture is built offline from its transformers class with a small config and random weights "
         "(`benchmarks/matrix_models.py`; all-MiniLM-L6-v2 is the shipped folder), uploaded in each format, and "
         "each pass variant is submitted with each output format as a real job through the API "
-        "(`benchmarks/matrix.py`). A grid cell lists the outputs that succeeded with verified outputs: "
+        "(`benchmarks/matrix.py`). A grid cell lists the outputs that succeeded with verified outputs (the service "
+        "loaded and ran each before storing it; the harness downloads it against its sha256 and checks it was "
+        "benchmarked with a finite fidelity to the original): "
         "O onnx, TS torchscript, PT2 torch_export, HF hf. `**!X**` is a job accepted and then failed for output X "
         "(a defect, listed below); `-` every output was refused at submit with a 422 naming the field (reasons "
         "below); `n/a` the upload itself could not be built or was refused; `.` not run yet.",
