@@ -164,6 +164,10 @@ def load_hf(path: str | Path, workdir: str | Path | None = None, *, dtype: str =
     dest = Path(tempfile.mkdtemp(prefix="hf-source-", dir=workdir)) if workdir is not None else None
     folder = unpack(path, dest)
     config_dict = read_config(folder)
+    if "quantization_config" in config_dict:  # a quantized artifact of this service (compressed-tensors)
+        from deepopt_core.formats.hf_quantized import load_compressed
+
+        return _wrapper_class(tuple(hf_input_names(config_dict)))(load_compressed(folder, config_dict)).eval(), folder
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
         raise ValueError(f"dtype {dtype!r} is not a torch floating dtype")
@@ -287,8 +291,14 @@ def save_hf(wrapper: Any, path: str | Path, source_folder: Path, name: str = "mo
     with tempfile.TemporaryDirectory(prefix="deepopt-hf-out-") as tmp:
         folder = Path(tmp) / name
         folder.mkdir()
-        shutil.copyfile(source_folder / "config.json", folder / "config.json")
-        save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        from deepopt_core.formats import hf_quantized
+
+        if hf_quantized.has_weight_only_layers(model):  # compressed-tensors, checked by loading it with transformers
+            hf_quantized.write_compressed(model, folder, read_config(source_folder))
+            hf_quantized.check_loads(folder, model, list(getattr(wrapper, "input_names", [])))
+        else:
+            shutil.copyfile(source_folder / "config.json", folder / "config.json")
+            save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
         for file in source_folder.iterdir():
             if file.is_file() and (file.name in TOKENIZER_FILES or file.name == "generation_config.json"):
                 shutil.copyfile(file, folder / file.name)
