@@ -31,8 +31,9 @@ class DynamicQuantizeConfig:
             mode (Literal['dynamic'] | Unset): Weights int8/uint8, activations quantized per batch. Default: 'dynamic'.
             weight_dtype (DynamicQuantizeConfigWeightDtype | Unset): Storage type of quantized weights. Default:
                 DynamicQuantizeConfigWeightDtype.INT8.
-            per_channel (bool | Unset): One scale per output channel instead of per tensor (recommended for transformers).
-                Default: False.
+            per_channel (bool | None | Unset): One scale per output channel instead of per tensor. Default (null): the
+                measured best for the model at hand: per channel on transformers (all-MiniLM-L6-v2: cosine fidelity 0.993
+                against 0.963 per tensor, same size and speed), per tensor on other models (a digits MLP: 0.9995 against 0.997).
             reduce_range (bool | Unset): 7-bit weights, for CPUs without VNNI where u8s8 products may saturate. ONNX only.
                 Default: False.
             fusion (DynamicQuantizeConfigFusion | Unset): ONNX Runtime transformer fusion before quantizing: `auto` (none:
@@ -49,7 +50,7 @@ class DynamicQuantizeConfig:
     exclude: list[str] | Unset = UNSET
     mode: Literal["dynamic"] | Unset = "dynamic"
     weight_dtype: DynamicQuantizeConfigWeightDtype | Unset = DynamicQuantizeConfigWeightDtype.INT8
-    per_channel: bool | Unset = False
+    per_channel: bool | None | Unset = UNSET
     reduce_range: bool | Unset = False
     fusion: DynamicQuantizeConfigFusion | Unset = DynamicQuantizeConfigFusion.AUTO
     preprocess: bool | Unset = True
@@ -72,7 +73,11 @@ class DynamicQuantizeConfig:
         if not isinstance(self.weight_dtype, Unset):
             weight_dtype = self.weight_dtype.value
 
-        per_channel = self.per_channel
+        per_channel: bool | None | Unset
+        if isinstance(self.per_channel, Unset):
+            per_channel = UNSET
+        else:
+            per_channel = self.per_channel
 
         reduce_range = self.reduce_range
 
@@ -142,7 +147,14 @@ class DynamicQuantizeConfig:
         else:
             weight_dtype = DynamicQuantizeConfigWeightDtype(_weight_dtype)
 
-        per_channel = d.pop("per_channel", UNSET)
+        def _parse_per_channel(data: object) -> bool | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(bool | None | Unset, data)
+
+        per_channel = _parse_per_channel(d.pop("per_channel", UNSET))
 
         reduce_range = d.pop("reduce_range", UNSET)
 
