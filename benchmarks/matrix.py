@@ -253,12 +253,15 @@ def upload(client: Any, arch: mm.Architecture, fmt: mm.UploadFormat, cache_dir: 
     model: dict[str, Any] = response.json()
     result = Upload(model=model)
     classifier = arch.family != "decoder" and arch.name != "minilm"
-    for seed, role in enumerate(("calibration", "eval", "train")):
-        feeds = mm.example_inputs(arch, rows=ROWS[role], seed=seed + 1)
-        arrays = _fitted_rows(arch, model, ROWS[role], seed + 1)
-        # Labels where they mean something: always on train (finetune needs them), on the others only for
-        # classifiers (an LM's or an encoder's hidden states have no class to compare with).
-        if role == "train" or classifier:
+    roles = ("calibration", "eval", "train") if classifier else ("calibration", "eval", "train", "unlabeled")
+    for seed, role in enumerate(roles):
+        rows = ROWS.get(role, ROWS["train"])
+        feeds = mm.example_inputs(arch, rows=rows, seed=seed + 1)
+        arrays = _fitted_rows(arch, model, rows, seed + 1)
+        # Labels where they mean something: on train always (finetune trains a task head on them), on the others
+        # only for classifiers; a model without a class output distills on `unlabeled` train rows, as its users
+        # would (an LM's or an encoder's hidden states have no class to take a cross-entropy with).
+        if role == "train" or (classifier and role != "unlabeled"):
             arrays["labels"] = _labels(arch, feeds)
         answer = client.post("/v1/datasets", files={"file": (f"{role}.npz", _npz(arrays))})
         if answer.status_code != 201:
@@ -297,6 +300,8 @@ def _verify(cell: Cell, rows: list[dict[str, Any]]) -> str | None:
         if not row["benchmarked"] or row["latency_ms_p50"] is None:
             return f"the {cell.output} artifact has no benchmark"
         fidelity = row["fidelity_cosine"]
+        if fidelity is None and cell.variant.startswith("finetune."):
+            continue  # a new task head: its outputs have nothing to compare with the original's
         if fidelity is None or not math.isfinite(float(fidelity)):
             return f"the {cell.output} artifact has no finite fidelity against the original ({fidelity})"
     return None
@@ -330,6 +335,8 @@ def run_cell(client: Any, cell: Cell, uploaded: Upload) -> dict[str, Any]:
                             "eval_dataset_id": uploaded.datasets["eval"], "benchmark": BENCHMARK}
     for role in variant.data:
         body[f"{role}_dataset_id"] = uploaded.datasets[role]
+    if variant.pass_type == "distill" and "unlabeled" in uploaded.datasets:
+        body["train_dataset_id"] = uploaded.datasets["unlabeled"]
     response = client.post("/v1/jobs", json=body)
     if response.status_code == 422:
         return {**record, "outcome": "refused", "problems": _problems(response),

@@ -163,7 +163,10 @@ def render_results(results: dict[str, Any]) -> str:
         "(batch 1, 5 runs after 1 warm-up, 1 thread, on the eval rows; random-weight models, so accuracy is "
         "agreement with the original's predictions where the model is a classifier): size and p50 latency as "
         "ratios to the original's, the cosine fidelity of the outputs, and accuracy. `s` is the cell's wall time "
-        "(submit, run, read).",
+        "(submit, run, read). Each upload gets 16 calibration and 16 eval rows and 32 train rows fitted to its "
+        "inspected inputs; labels are the original's predictions for classifiers, else the first token mod 4 (train "
+        "rows only: a fine-tune's new head learns them), and a model without a class output distills on train "
+        "rows without labels.",
         "",
         "| cell | outcome | x size | x latency | fidelity | accuracy (orig) | s | note |",
         "|---|---|---:|---:|---:|---|---:|---|",
