@@ -19,18 +19,9 @@ from deepopt_core.formats.hf import load_hf
 from deepopt_core.pipeline import optimize
 from tests.fixtures.hf_architectures import build_architecture, save_architecture
 
-pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(300),
+              pytest.mark.usefixtures("one_torch_thread")]
 BENCH = {"batch_sizes": [2], "runs": 2, "warmup": 1, "threads": 1}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def minilm_folder() -> Path:

@@ -23,19 +23,10 @@ from deepopt_core.passes.base import SubmitContext, check_pass, referenced_model
 from deepopt_core.passes.distill.config import DistillConfig
 from deepopt_core.pipeline import optimize
 
-pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(120),
+              pytest.mark.usefixtures("one_torch_thread")]
 BENCH = {"batch_sizes": [1], "runs": 2, "warmup": 1, "threads": 1}
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,19 +18,10 @@ from deepopt_core.passes.context import PassContext, load_handle
 from deepopt_core.pipeline import optimize
 from deepopt_core.specs import PassSpec
 
-pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(120),
+              pytest.mark.usefixtures("one_torch_thread")]
 BENCH = {"batch_sizes": [2], "runs": 2, "warmup": 1, "threads": 1}
 WORDS = [f"w{i}" for i in range(60)]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
