@@ -17,6 +17,7 @@ from app.api.problems import Problem, install_problem_handlers
 from app.api.routes import admin, artifacts, datasets, events, health, jobs, models, reports, webhooks
 from app.core.config import get_settings
 from app.core.notify import WAKEUPS
+from app.core.reads import dispose_read_engines
 
 log = logging.getLogger("deepopt.api")
 
@@ -56,6 +57,7 @@ def problem_openapi(app: FastAPI) -> dict[str, Any]:
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     yield
     await WAKEUPS.close()
+    await dispose_read_engines()
 
 
 def create_app() -> FastAPI:

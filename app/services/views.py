@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from app.db.models import Artifact, Job
 from app.schemas import ArtifactRead, BenchmarkRead, JobError, JobRead
@@ -46,7 +46,21 @@ def job_view(job: Job, download_url: UrlFor = relative_download_url) -> JobRead:
     )
 
 
-def job_state(job: Job) -> dict[str, Any]:
+class JobStateFields(Protocol):
+    """A job row's fields that change while it runs: a `Job`, or a row of them read with Core."""
+
+    id: str
+    version: int
+    status: str
+    stage: str | None
+    progress: float
+    metrics: dict[str, Any] | None
+    attempts: int
+    error_code: str | None
+    error_message: str | None
+
+
+def job_state(job: JobStateFields) -> dict[str, Any]:
     """What an event-stream `state` event carries: the fields that change while a job runs."""
     return {
         "job_id": job.id, "version": job.version, "status": job.status, "stage": job.stage,

@@ -20,10 +20,10 @@ def test_an_unavailable_database_is_a_503_problem(app_env: Path, monkeypatch: py
     from app.api.routes import jobs
     from app.main import create_app
 
-    def unavailable(*_args: object, **_kwargs: object) -> None:
+    async def unavailable(*_args: object, **_kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(jobs, "autocommit_connection", unavailable)  # how GET /v1/jobs/{id} reaches the database
+    monkeypatch.setattr(jobs, "read_rows", unavailable)  # how GET /v1/jobs/{id} reaches the database
     with TestClient(create_app(), raise_server_exceptions=False) as client:
         response = client.get("/v1/jobs/any")
     problem = assert_problem(response, 503)
@@ -49,9 +49,9 @@ def test_requests_are_counted_by_route_template_and_status(app_env: Path, monkey
     with TestClient(create_app(), raise_server_exceptions=False) as client:
         assert client.get("/v1/jobs/nope").status_code == 404
 
-        def broken(*_args: object, **_kwargs: object) -> None:
+        async def broken(*_args: object, **_kwargs: object) -> None:
             raise RuntimeError("a bug")
 
-        monkeypatch.setattr(jobs, "autocommit_connection", broken)
+        monkeypatch.setattr(jobs, "read_rows", broken)
         assert client.get("/v1/jobs/nope").status_code == 500
     assert (count("404") - before_404, count("500") - before_500) == (1, 1)

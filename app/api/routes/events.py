@@ -23,12 +23,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from sqlalchemy import bindparam, select
 
-from app.api.deps import SessionDep, TenantDep
-from app.api.routes.jobs import download_url_for, get_job_or_404
+from app.api.deps import TenantDep
+from app.api.problems import ProblemError
+from app.api.routes.jobs import download_url_for
 from app.core.config import get_settings
 from app.core.db import get_sessionmaker
 from app.core.notify import WAKEUPS, wait_for_change
+from app.core.reads import read_rows
 from app.db.models import TERMINAL_STATUSES, Job
 from app.services.jobs import WITHOUT_CHILDREN, load_children
 from app.services.views import UrlFor, job_state, job_view
@@ -59,18 +62,20 @@ def format_event(event: str, event_id: str, data: Any) -> bytes:
     return f"event: {event}\nid: {event_id}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n".encode()
 
 
-def _read(job_id: str, url_for: UrlFor) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-    """The job's state, and the whole job when it has ended. Artifacts and benchmarks are read only then: every
-    open stream runs this every `events_poll_s`."""
+# What a stream reads every `events_poll_s`, on the event loop (`app.core.reads`): the fields of a `state` event.
+JOB_STREAM_STATE = select(Job.id, Job.tenant, Job.version, Job.status, Job.stage, Job.progress, Job.metrics,
+                          Job.attempts, Job.error_code, Job.error_message).where(Job.id == bindparam("job_id"))
+
+
+def _final(job_id: str, url_for: UrlFor) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The state and the whole job, with its artifacts and benchmarks, read together once it has ended (in the
+    threadpool: an ORM session)."""
     with get_sessionmaker()() as session:
         job = session.get(Job, job_id, options=WITHOUT_CHILDREN)
         if job is None:
             return None
-        final = None
-        if job.status in TERMINAL_STATUSES:
-            load_children(session, [job])
-            final = job_view(job, url_for).model_dump(mode="json")
-        return job_state(job), final
+        load_children(session, [job])
+        return job_state(job), job_view(job, url_for).model_dump(mode="json")
 
 
 async def _stream(request: Request, job_id: str, after: int | None) -> AsyncIterator[bytes]:
@@ -81,10 +86,15 @@ async def _stream(request: Request, job_id: str, after: int | None) -> AsyncIter
     last_write = time.monotonic()
     with WAKEUPS.watch(job_id) as changed:
         while True:
-            read = await run_in_threadpool(_read, job_id, url_for)
-            if read is None:  # the job row is gone
+            rows = await read_rows(JOB_STREAM_STATE, {"job_id": job_id})
+            if not rows:  # the job row is gone
                 return
-            state, final = read
+            state, final = job_state(rows[0]), None
+            if rows[0].status in TERMINAL_STATUSES:
+                ended = await run_in_threadpool(_final, job_id, url_for)
+                if ended is None:
+                    return
+                state, final = ended
             version = int(state["version"])
             if sent is not None and version < sent:  # an id this job never had (another server's?): start over
                 sent = None
@@ -102,20 +112,20 @@ async def _stream(request: Request, job_id: str, after: int | None) -> AsyncIter
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse, responses=EVENTS_RESPONSE)
-def job_events(
+async def job_events(
     job_id: str,
     request: Request,
-    session: SessionDep,
     tenant: TenantDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> Response:
     """Follow a job as server-sent events until it ends; resume with `Last-Event-ID`."""
-    job = get_job_or_404(session, tenant, job_id)
+    rows = await read_rows(JOB_STREAM_STATE, {"job_id": job_id})
+    if not rows or rows[0].tenant != tenant:
+        raise ProblemError(404, f"no job {job_id}", code="not_found")
     after, ended = parse_last_event_id(last_event_id)
-    if ended and job.status in TERMINAL_STATUSES:
+    if ended and rows[0].status in TERMINAL_STATUSES:
         return Response(status_code=204)
     if ended:  # an id of a final event of another run of this job: start over
         after = None
-    session.close()  # the stream reads with its own short sessions
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
     return StreamingResponse(_stream(request, job_id, after), media_type="text/event-stream", headers=headers)

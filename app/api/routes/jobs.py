@@ -7,13 +7,15 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from sqlalchemy import Connection, bindparam, select
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import bindparam, select
 
 from app.api.conditional import ETAG_HEADER, JOB_BODIES, NOT_MODIFIED_RESPONSE, etag_matches
 from app.api.deps import SessionDep, TenantDep
 from app.api.pagination import page_of, paginate
 from app.api.problems import ProblemError
-from app.core.db import autocommit_connection, get_sessionmaker
+from app.core.db import get_sessionmaker
+from app.core.reads import read_rows
 from app.db.models import Artifact, Job
 from app.schemas import ArtifactRead, JobCreate, JobRead, JobStatus, Page
 from app.services.jobs import WITHOUT_CHILDREN, cancel_job, create_job, load_children
@@ -74,41 +76,50 @@ def submit_job(
     return to_read(request, job)
 
 
-# The polled routes read job rows with Core statements on a pooled connection (no ORM session, no transaction)
-# and send bodies serialised once per job version (`JOB_BODIES`); an ORM session reads a job only when its body is
-# not cached yet. They take no `SessionDep`: FastAPI enters and leaves a generator dependency in two more threadpool
-# hops, which cost more than such a poll (`make bench-load`).
+# The polled routes are coroutines that read job rows with Core statements awaited on the event loop
+# (`app.core.reads`) and send bodies serialised once per job version (`JOB_BODIES`); only a body not cached yet is
+# read whole, by an ORM session in the threadpool. They take no `SessionDep`: FastAPI enters and leaves a generator
+# dependency in two more threadpool hops, which cost more than such a poll (`make bench-load`).
 JOB_STATE = select(Job.tenant, Job.version, Job.metrics).where(Job.id == bindparam("job_id"))
 
 
-def job_bodies(connection: Connection, request: Request, rows: Sequence[tuple[str, int, Any]]
-               ) -> tuple[list[str], list[bytes]]:
-    """The tags and serialised bodies of jobs given as (id, version, metrics) rows, in order: from the cache, or
-    read whole (with artifacts and benchmarks, in three queries for all of them) and serialised now."""
+def read_job_bodies(url_for: UrlFor, rows: Sequence[tuple[str, int, Any]]) -> tuple[list[str], list[bytes]]:
+    """The tags and serialised bodies of jobs given as (id, version, metrics) rows, in order, read whole (with
+    artifacts and benchmarks, in three queries for all of them), serialised and cached. A job deleted meanwhile is
+    left out; each is tagged by what was read now, which a concurrent change may have moved past `rows`."""
+    prefix = url_for("")
+    parts: list[str] = []
+    bodies: list[bytes] = []
+    with get_sessionmaker()() as session:
+        jobs = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_([row[0] for row in rows]))
+                                                        .options(*WITHOUT_CHILDREN))}
+        load_children(session, list(jobs.values()))
+        for job_id, _, _ in rows:
+            job = jobs.get(job_id)
+            if job is None:
+                continue
+            part = job_etag_part(job.id, job.version, job.metrics)
+            body = job_view(job, url_for).model_dump_json().encode()
+            JOB_BODIES.put((part, prefix), body)
+            parts.append(part)
+            bodies.append(body)
+    return parts, bodies
+
+
+async def job_bodies(request: Request, rows: Sequence[tuple[str, int, Any]]) -> tuple[list[str], list[bytes]]:
+    """The tags and bodies of jobs given as (id, version, metrics) rows: from the cache when every one is there,
+    else all read whole now."""
     url_for = download_url_for(request)
     prefix = url_for("")
     parts = [job_etag_part(job_id, version, metrics) for job_id, version, metrics in rows]
-    bodies = [JOB_BODIES.get((part, prefix)) for part in parts]
-    missing = [row[0] for row, body in zip(rows, bodies, strict=True) if body is None]
-    if missing:
-        with get_sessionmaker()(bind=connection) as session:
-            jobs = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(missing))
-                                                            .options(*WITHOUT_CHILDREN))}
-            load_children(session, list(jobs.values()))
-            for index, (job_id, _, _) in enumerate(rows):
-                job = jobs.get(job_id)
-                if bodies[index] is not None or job is None:
-                    continue
-                # Tagged by what was read now, which a concurrent change may have moved past `rows`.
-                parts[index] = job_etag_part(job.id, job.version, job.metrics)
-                body = job_view(job, url_for).model_dump_json().encode()
-                JOB_BODIES.put((parts[index], prefix), body)
-                bodies[index] = body
-    return parts, [body for body in bodies if body is not None]
+    cached = [JOB_BODIES.get((part, prefix)) for part in parts]
+    if all(body is not None for body in cached):
+        return parts, [body for body in cached if body is not None]
+    return await run_in_threadpool(read_job_bodies, url_for, rows)
 
 
 @router.get("", response_model=Page[JobRead], responses=POLL_RESPONSES)
-def list_jobs(
+async def list_jobs(
     request: Request,
     tenant: TenantDep,
     status: JobStatus | None = None,
@@ -121,33 +132,31 @@ def list_jobs(
     query = select(Job.id, Job.version, Job.metrics, Job.created_at).where(Job.tenant == tenant)
     if status:
         query = query.where(Job.status == status)
-    with autocommit_connection() as connection:
-        rows, next_cursor = page_of(list(connection.execute(paginate(query, Job, limit, cursor))), limit)
-        parts = [job_etag_part(row.id, row.version, row.metrics) for row in rows]
-        etag = jobs_page_etag(parts, next_cursor)
-        if etag_matches(if_none_match, etag):
-            return Response(status_code=304, headers={"ETag": etag})
-        parts, bodies = job_bodies(connection, request, [(row.id, row.version, row.metrics) for row in rows])
-    # The page as Page[JobRead] would serialise it, from the jobs' serialised bodies (a job deleted meanwhile is
-    # left out), tagged by what is sent.
+    rows, next_cursor = page_of(list(await read_rows(paginate(query, Job, limit, cursor))), limit)
+    parts = [job_etag_part(row.id, row.version, row.metrics) for row in rows]
+    etag = jobs_page_etag(parts, next_cursor)
+    if etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    parts, bodies = await job_bodies(request, [(row.id, row.version, row.metrics) for row in rows])
+    # The page as Page[JobRead] would serialise it, from the jobs' serialised bodies, tagged by what is sent.
     content = b'{"items":[' + b",".join(bodies) + b'],"next_cursor":' + json.dumps(next_cursor).encode() + b"}"
     return json_body(content, jobs_page_etag(parts, next_cursor))
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=POLL_RESPONSES)
-def read_job(
+async def read_job(
     job_id: str, request: Request, tenant: TenantDep, if_none_match: Annotated[str | None, Header()] = None
 ) -> Response:
     """A job with its progress, artifacts and benchmarks; `If-None-Match` with its `ETag` answers 304 while the
     job did not change."""
-    with autocommit_connection() as connection:
-        row = connection.execute(JOB_STATE, {"job_id": job_id}).one_or_none()
-        if row is None or row.tenant != tenant:
-            raise ProblemError(404, f"no job {job_id}", code="not_found")
-        etag = etag_of(job_etag_part(job_id, row.version, row.metrics))
-        if etag_matches(if_none_match, etag):
-            return Response(status_code=304, headers={"ETag": etag})
-        parts, bodies = job_bodies(connection, request, [(job_id, row.version, row.metrics)])
+    rows = await read_rows(JOB_STATE, {"job_id": job_id})
+    if not rows or rows[0].tenant != tenant:
+        raise ProblemError(404, f"no job {job_id}", code="not_found")
+    row = rows[0]
+    etag = etag_of(job_etag_part(job_id, row.version, row.metrics))
+    if etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    parts, bodies = await job_bodies(request, [(job_id, row.version, row.metrics)])
     if not bodies:  # deleted between the two reads
         raise ProblemError(404, f"no job {job_id}", code="not_found")
     return json_body(bodies[0], etag_of(parts[0]))
