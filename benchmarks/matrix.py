@@ -8,7 +8,7 @@ datasets fitted to the inspected inputs, `POST /v1/jobs`; a 202 job runs at once
 failed job is a defect, whatever its error: the rule is that the upload's inspection lets the submit check
 refuse whatever cannot run.
 
-    python -m benchmarks.matrix [--slice fast|full] [--only FAMILY_OR_ARCH ...] [--render]
+    python -m benchmarks.matrix [--slice fast|full] [--only FAMILY_OR_ARCH ...] [--render] [--results PATH]
 
 writes `benchmarks/results/matrix.{json,md}` and `docs/support-matrix.md` (`benchmarks/matrix_report.py`). A run of
 part of the matrix (`--only`, `--slice fast`) merges into the results already there: each cell keeps the commit
@@ -442,10 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", nargs="+", choices=OUTPUT_FORMATS, help="output formats to run")
     parser.add_argument("--render", action="store_true", help="only rewrite the markdown from the results file")
     parser.add_argument("--cache-dir", type=Path, default=mm.DEFAULT_CACHE)
+    parser.add_argument("--results", type=Path, default=RESULTS_JSON,
+                        help="the results file to merge into; the docs are rendered only from the committed one")
     args = parser.parse_args(argv)
+    results_json: Path = args.results
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else None
+    previous = json.loads(results_json.read_text()) if results_json.exists() else None
     if not args.render:
         cells = select(fast_cells() if args.slice == "fast" else all_cells(), args.only, args.uploads,
                        args.variants, args.outputs)
@@ -466,16 +469,17 @@ def main(argv: list[str] | None = None) -> int:
             run.update(cells=len(done), finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
             print(f"[{len(done)}/{len(cells)}] {cell.id}: {record['outcome']} {record.get('seconds', 0):.1f}s "
                   f"{(record.get('error') or {}).get('code', '')}", flush=True)
-            RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-            partial = RESULTS_JSON.with_suffix(".json.tmp")
+            results_json.parent.mkdir(parents=True, exist_ok=True)
+            partial = results_json.with_suffix(".json.tmp")
             partial.write_text(json.dumps(merge(base, done, dict(run)), indent=1) + "\n")
-            partial.replace(RESULTS_JSON)
+            partial.replace(results_json)
 
         run_cells(cells, cache_dir=args.cache_dir, on_cell=save)
-        previous = json.loads(RESULTS_JSON.read_text()) if done else base
+        previous = json.loads(results_json.read_text()) if done else base
     if previous is None:
         parser.error("no results to render: run the matrix first")
-    matrix_report.write_all(previous)
+    if results_json.resolve() == RESULTS_JSON.resolve():
+        matrix_report.write_all(previous)
     return 0
 
 
