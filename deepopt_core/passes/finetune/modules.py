@@ -33,11 +33,14 @@ def is_hf(model: Any) -> bool:
 
 
 def lift(module: nn.Module) -> nn.Module:
-    """Turn ``aten.linear``/``aten.conv{1,2}d`` calls of a ``torch.export`` GraphModule into Linear/Conv modules.
+    """Turn ``aten.linear``/``aten.conv{1,2}d``/``aten.batch_norm`` calls of a ``torch.export`` GraphModule into
+    Linear/Conv/BatchNorm modules.
 
-    Calls whose weight (and bias) are attributes ``<layer>.weight``/``<layer>.bias`` become ``call_module``
-    nodes of an ``nn.Linear``/``nn.Conv*d`` named ``<layer>`` that holds the same parameters; other modules are
-    returned unchanged.
+    Calls whose weight (and bias) are attributes ``<layer>.weight``/``<layer>.bias`` (and, for a norm, its running
+    statistics ``<layer>.running_mean``/``<layer>.running_var``) become ``call_module`` nodes of a module named
+    ``<layer>`` that holds the same tensors; other modules are returned unchanged. In eval mode the lifted module
+    computes the same function (a norm exported in eval mode normalises by its running statistics, as the lifted
+    one does in eval mode).
     """
     if not is_graph(module):
         return module
@@ -45,8 +48,12 @@ def lift(module: nn.Module) -> nn.Module:
     changed = False
     for node in list(gm.graph.nodes):
         target = str(node.target)
-        if node.op != "call_function" or target not in ("aten.linear.default", "aten.conv1d.default",
-                                                         "aten.conv2d.default"):
+        if node.op != "call_function":
+            continue
+        if target == "aten.batch_norm.default":
+            changed |= _lift_batch_norm(gm, node)
+            continue
+        if target not in ("aten.linear.default", "aten.conv1d.default", "aten.conv2d.default"):
             continue
         weight_node = node.args[1]
         bias_node = node.args[2] if len(node.args) > 2 else None
@@ -70,18 +77,50 @@ def lift(module: nn.Module) -> nn.Module:
         new.weight = weight
         if bias is not None:
             new.bias = bias
-        parent_name, _, child = layer.rpartition(".")
-        parent = gm.get_submodule(parent_name) if parent_name else gm
-        setattr(parent, child, new)
-        with gm.graph.inserting_before(node):
-            call = gm.graph.call_module(layer, (node.args[0],))
-        node.replace_all_uses_with(call)
-        gm.graph.erase_node(node)
+        _replace_call(gm, node, layer, new)
         changed = True
     if changed:
         gm.graph.eliminate_dead_code()
         gm.recompile()
     return gm
+
+
+def _replace_call(gm: Any, node: Any, layer: str, new: nn.Module) -> None:
+    parent_name, _, child = layer.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    setattr(parent, child, new)
+    with gm.graph.inserting_before(node):
+        call = gm.graph.call_module(layer, (node.args[0],))
+    node.replace_all_uses_with(call)
+    gm.graph.erase_node(node)
+
+
+def _lift_batch_norm(gm: Any, node: Any) -> bool:
+    """``aten.batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)`` on the
+    attributes of one layer -> a BatchNorm module of that layer (so that width surgery can slice it)."""
+    args = list(node.args)
+    if len(args) < 8 or args[5] is not False:  # a norm exported in training mode uses batch statistics
+        return False
+    names = [getattr(a, "target", None) if getattr(a, "op", None) == "get_attr" else None for a in args[1:5]]
+    if any(name is None for name in names):
+        return False
+    layer = str(names[0]).removesuffix(".weight")
+    if [str(n) for n in names] != [f"{layer}.{part}" for part in ("weight", "bias", "running_mean", "running_var")]:
+        return False
+    weight = gm.get_parameter(f"{layer}.weight")
+    rank = node.args[0].meta.get("val").dim() if "val" in node.args[0].meta else 4
+    norm_class = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}.get(rank)
+    if norm_class is None:
+        return False
+    new = norm_class(weight.shape[0], eps=float(args[7]), momentum=float(args[6]))
+    new.weight = weight
+    new.bias = gm.get_parameter(f"{layer}.bias")
+    # The buffers are registered on the graph module by their dotted names; move them into the new module.
+    new.running_mean = gm.get_buffer(f"{layer}.running_mean")
+    new.running_var = gm.get_buffer(f"{layer}.running_var")
+    new.eval()
+    _replace_call(gm, node, layer, new)
+    return True
 
 
 def trainable_core(model: Any) -> nn.Module:

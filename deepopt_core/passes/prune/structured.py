@@ -5,7 +5,8 @@ Units and what removing one rebuilds:
 * ``neurons``: an output feature of a Linear followed (through element-wise ops) by another Linear: a row of the
   first, a column of the second;
 * ``channels``: an output channel of a Conv (groups=1), with its BatchNorm entries, followed by a Conv's input
-  channel or, through ``Flatten``, a Linear's block of input features;
+  channel or, through ``Flatten``, a Linear's block of input features; depthwise convs on the way (a MobileNet
+  block's expansion, groups = channels) lose the same channels' filters, with their BatchNorm entries;
 * ``heads``: an attention head of a Hugging Face BERT-family layer (``attention.self.query/key/value`` rows,
   ``attention.output.dense`` columns) or of ``nn.TransformerEncoderLayer`` (its ``nn.MultiheadAttention`` is
   replaced by the equivalent :class:`PrunedMultiheadAttention`, whose heads can be removed);
@@ -183,6 +184,8 @@ class UnitGroup:
         producers: modules whose outputs are the units (``width`` consecutive rows per unit).
         width: rows per unit in producers (head size for heads, else 1).
         norms: BatchNorm modules with one entry per unit.
+        depthwise: depthwise convs between producer and consumers (one filter per unit, ``groups`` = units), cut
+            with them: a MobileNet block's expansion channels run through one.
         consumers: modules reading the units (``consumer_width`` consecutive input columns per unit).
         consumer_width: input columns per unit in consumers (head size; spatial size after Flatten; else 1).
         owner: for heads, the attention module whose head count is updated.
@@ -197,6 +200,7 @@ class UnitGroup:
     consumers: list[str] = field(default_factory=list)
     consumer_width: int = 1
     owner: str | None = None
+    depthwise: list[str] = field(default_factory=list)
 
 
 def _get(root: nn.Module, name: str) -> Any:
@@ -264,8 +268,21 @@ def _encoder_layer_groups(root: nn.Module, kinds: set[str]) -> list[UnitGroup]:
     return groups
 
 
+def _pads_spatial_dims(node: torch.fx.Node, conv: Any) -> bool:
+    """Whether `node` pads only the spatial dims of a conv's output (so each channel stays where it was)."""
+    if node.target not in (F.pad, torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default):
+        return False
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+    return isinstance(pad, (list, tuple)) and len(pad) <= 2 * (conv.weight.dim() - 2)
+
+
+def _is_depthwise(conv: Any, channels: int) -> bool:
+    return bool(conv.groups == conv.in_channels == conv.out_channels == channels)
+
+
 def _traced_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
-    """Linear->Linear and Conv->[BN]->...->Conv/Linear chains of a module that ``torch.fx`` can trace."""
+    """Linear->Linear and Conv->[BN]->[depthwise Conv->[BN]]...->Conv/Linear chains of a module that ``torch.fx``
+    can trace (or a ``torch.export`` graph, lifted)."""
     if isinstance(root, torch.fx.GraphModule):  # a torch.export program: its graph already holds the chains
         graph = root.graph
     else:
@@ -285,6 +302,8 @@ def _traced_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
             continue
         size = producer.out_channels if is_conv else producer.out_features  # type: ignore[union-attr]
         norms: list[str] = []
+        depthwise: list[str] = []
+        norm_allowed = is_conv  # one BatchNorm after the producer and after each depthwise conv
         flattened = False
         current = node
         consumer = None
@@ -303,11 +322,18 @@ def _traced_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
                         consumer = (user.target, module.in_features // size)
                     break
                 if isinstance(module, _CONV):
-                    if is_conv and not flattened and module.groups == 1 and module.in_channels == size:
-                        consumer = (user.target, 1)
-                    break
-                if isinstance(module, _BN) and is_conv and not flattened and not norms:
+                    if not is_conv or flattened:
+                        break
+                    if _is_depthwise(module, size):
+                        depthwise.append(user.target)
+                        norm_allowed = True
+                    else:
+                        if module.groups == 1 and module.in_channels == size:
+                            consumer = (user.target, 1)
+                        break
+                elif isinstance(module, _BN) and norm_allowed and not flattened:
                     norms.append(user.target)
+                    norm_allowed = False
                 elif isinstance(module, nn.Flatten) and is_conv and module.start_dim == 1:
                     flattened = True
                 elif not isinstance(module, _PASS_MODULES):
@@ -316,6 +342,8 @@ def _traced_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
                 flatten = user.target is torch.flatten or str(user.target) == "aten.flatten.using_ints"
                 if flatten and is_conv and (user.args[1:2] == (1,) or user.kwargs.get("start_dim") == 1):
                     flattened = True
+                elif is_conv and not flattened and _pads_spatial_dims(user, producer):
+                    pass  # the "same" padding of TF-style convs (transformers' MobileNets): per channel
                 elif user.target not in _PASS_FUNCTIONS and str(user.target) not in _PASS_ATEN:
                     break
             elif user.op == "call_method":
@@ -330,7 +358,7 @@ def _traced_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
         if consumer is None:
             continue
         groups.append(UnitGroup("channels" if is_conv else "neurons", node.target, size, [node.target], 1, norms,
-                                [consumer[0]], consumer[1]))
+                                [consumer[0]], consumer[1], depthwise=depthwise))
     return groups
 
 
@@ -389,7 +417,7 @@ def _unit_sums(values: torch.Tensor, units: int, role: Literal["producer", "cons
 
 
 def _group_tensors(root: nn.Module, group: UnitGroup) -> Iterator[tuple[torch.Tensor, str]]:
-    for name in group.producers:
+    for name in group.producers + group.depthwise:
         module = _get(root, name)
         yield module.weight, "producer"
         if module.bias is not None:
@@ -640,6 +668,20 @@ def _slice_cols(module: Any, cols: torch.Tensor) -> nn.Module:
     return _new_like(module, weight, bias)
 
 
+def _slice_depthwise(conv: Any, keep: torch.Tensor) -> nn.Module:
+    """A depthwise conv with only the filters `keep` (its inputs, outputs and groups shrink together)."""
+    new: Any = type(conv)(len(keep), len(keep), conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                          dilation=conv.dilation, groups=len(keep), bias=conv.bias is not None,
+                          padding_mode=conv.padding_mode)
+    new.to(conv.weight.device, conv.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight[keep])
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias[keep])
+    new.train(conv.training)
+    return new
+
+
 def _slice_norm(norm: Any, index: torch.Tensor) -> nn.Module:
     new: Any = type(norm)(len(index), eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
                      track_running_stats=norm.track_running_stats)
@@ -662,6 +704,8 @@ def apply_group(model: nn.Module, group: UnitGroup, keep: torch.Tensor) -> None:
     rows = _expand(keep, group.width)
     for name in group.producers:
         _set(root, name, _slice_rows(_get(root, name), rows))
+    for name in group.depthwise:
+        _set(root, name, _slice_depthwise(_get(root, name), keep))
     for name in group.norms:
         _set(root, name, _slice_norm(_get(root, name), keep))
     cols = _expand(keep, group.consumer_width)

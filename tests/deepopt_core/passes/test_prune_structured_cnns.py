@@ -1,0 +1,115 @@
+"""Structured pruning of the blocks real CNNs use (issue 15): BatchNorm after a conv and after a depthwise conv,
+depthwise convs between a producer and its consumer (MobileNet's expansion channels), TF-style "same" padding
+between them (transformers' MobileNetV2), on eager modules and on torch.export programs (whose BatchNorm calls are
+lifted to modules). Removing a unit cuts its producer row, its depthwise filter, both BatchNorm entries and its
+consumer column together, which a model with dead channels checks exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deepopt_core import optimize
+from deepopt_core.passes.finetune.modules import lift
+from deepopt_core.passes.prune import structured
+from tests.deepopt_core.passes.test_prune_grouped_convs import depthwise_cnn, mobilenet_v2
+
+pytestmark = pytest.mark.timeout(600)
+BENCH = {"batch_sizes": [2], "runs": 1, "warmup": 0, "threads": 1}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _random_statistics(model: nn.Module) -> nn.Module:
+    """BatchNorm statistics a trained model would have (fresh ones fold to the identity and hide slicing bugs)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                module.bias.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+    return model
+
+
+def _program(module: nn.Module, size: int) -> Any:
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    return torch.export.export(module, (torch.randn(2, 3, size, size),), dynamic_shapes=({0: batch},))
+
+
+def test_lifted_batch_norms_compute_the_program() -> None:
+    model = _random_statistics(depthwise_cnn())
+    program = _program(model, 16)
+    lifted = lift(program.module())
+    x = torch.randn(3, 3, 16, 16)
+    assert [n for n, m in lifted.named_modules() if isinstance(m, nn.BatchNorm2d)] == ["1", "4"]
+    assert not any(str(node.target) == "aten.batch_norm.default" for node in lifted.graph.nodes)
+    assert torch.allclose(lifted(x), model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["eager", "torch_export"])
+def test_dead_channels_through_a_depthwise_conv_are_removed_exactly(form: str) -> None:
+    model = _random_statistics(depthwise_cnn())
+    dead = torch.tensor([1, 4, 5, 9, 14])
+    with torch.no_grad():  # channels whose depthwise output is 0 after its BatchNorm: the consumer never sees them
+        model[3].weight[dead] = 0.0
+        model[3].bias[dead] = 0.0
+        model[4].running_mean[dead] = 0.0
+        model[4].bias[dead] = 0.0
+    module = model if form == "eager" else lift(_program(model, 16).module())
+    x = torch.randn(4, 3, 16, 16)
+    before = module(x)
+    groups = structured.find_unit_groups(module)
+    first = next(g for g in groups if g.name == "0")
+    assert (first.depthwise, first.norms, first.consumers) == (["3"], ["1", "4"], ["6"])
+    keep = torch.tensor([i for i in range(16) if i not in dead.tolist()])
+    structured.apply_group(module, first, keep)
+    depthwise = structured._get(module, "3")
+    assert (depthwise.in_channels, depthwise.out_channels, depthwise.groups) == (11, 11, 11)
+    assert structured._get(module, "4").num_features == 11 and structured._get(module, "6").in_channels == 11
+    assert torch.allclose(module(x), before, atol=1e-5)
+
+
+def test_mobilenet_v2_expansion_channels_are_found_through_padding_and_depthwise_convs() -> None:
+    lifted = lift(_program(mobilenet_v2(), 32).module())
+    groups = {g.name: g for g in structured.find_unit_groups(lifted)}
+    block = groups["model.layer.1.expand_1x1.convolution"]
+    assert block.depthwise == ["model.layer.1.conv_3x3.convolution"]
+    assert block.consumers == ["model.layer.1.reduce_1x1.convolution"]
+    assert sum(bool(g.depthwise) for g in groups.values()) >= 15  # every inverted-residual block
+    x = torch.randn(2, 3, 32, 32)
+    before = lifted(x)
+    for group in groups.values():  # keeping every unit rebuilds the same function
+        structured.apply_group(lifted, group, torch.arange(group.size))
+    assert torch.equal(lifted(x), before)
+
+
+def test_structured_pruning_of_a_bn_depthwise_program_through_optimize(tmp_path: Path) -> None:
+    model = _random_statistics(depthwise_cnn())
+    path = tmp_path / "model.pt2"
+    torch.export.save(_program(model, 16), str(path))
+    from deepopt_core.formats import inspect_model
+
+    name = inspect_model(path).inputs[0].name
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, **{name: np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)})
+    spec = {"type": "prune", "method": "structured", "sparsity": 0.5, "importance": "fisher"}
+    result = optimize(path, [spec], {"calibration": calibration}, ["torch_export"], workdir=tmp_path / "run",
+                      benchmark=BENCH)
+    output = lift(torch.export.load(str(result.artifacts[0].path)).module())
+    convs = {n: m for n, m in output.named_modules() if isinstance(m, nn.Conv2d)}
+    assert convs["3"].groups == convs["3"].out_channels == 8  # the depthwise conv lost half its channels
+    assert convs["0"].out_channels == 8 and convs["6"].in_channels == 8
+    assert output(torch.randn(5, 3, 16, 16)).shape == (5, 10)
