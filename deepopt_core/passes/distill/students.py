@@ -8,10 +8,11 @@
   query/key dimensions with the largest ``|W_q| * |W_k|`` row norms and the value dimensions with the largest
   ``|W_v| * |W_o|`` norms, the feed-forward units with the largest ``|W_in| * |W_out|`` (the heads stay, their
   size shrinks).
-* Width, CNN/MLP (a chain of Linear/Conv layers, as a torch.export program or eager module): the output
-  channels/neurons of every layer but the last with the largest weight norms (Li et al., 2017,
-  https://arxiv.org/abs/1608.08710), and the inputs of the next layer that read them (a Linear after a flatten
-  reads a block per channel); batch norms between follow.
+* Width, CNN/MLP (a torch.export program or eager module): every unit group of structured pruning
+  (:func:`deepopt_core.passes.prune.structured.find_unit_groups`: a Linear's or Conv's outputs read only by the
+  next Linear/Conv, through BatchNorms, depthwise convs and element-wise ops) keeps the units with the largest
+  weight norms (Li et al., 2017, https://arxiv.org/abs/1608.08710); the head's outputs and a residual stream's
+  channels stay.
 """
 
 from __future__ import annotations
@@ -149,108 +150,35 @@ def shrink_bert(model: Any, ratio: float) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# width: chains of Linear/Conv layers
+# width: the unit groups structured pruning finds
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _chain(module: nn.Module) -> list[str]:
-    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d)
-    if is_graph(module):
-        graph: Any = module.graph
-        return [str(n.target) for n in graph.nodes
-                if n.op == "call_module" and isinstance(module.get_submodule(str(n.target)), kinds)]
-    return [n for n, m in module.named_modules() if n and isinstance(m, kinds)]
-
-
-def _norms_after(module: nn.Module, layer: str) -> list[tuple[Any, list[str]]]:
-    """Batch norms fed by `layer`: (owner module, attribute names) of functional batch norms in a graph, or
-    ``(BatchNorm module, [])`` of eager ones."""
-    found: list[tuple[Any, list[str]]] = []
-    if is_graph(module):
-        graph: Any = module.graph
-        for node in graph.nodes:
-            if node.op == "call_function" and "batch_norm" in str(node.target) and getattr(
-                    node.args[0], "target", None) == layer:
-                attrs = [str(a.target) for a in node.args[1:5] if getattr(a, "op", None) == "get_attr"]
-                found.append((module, attrs))
-    return found
-
-
-def _slice_attr(root: nn.Module, name: str, index: torch.Tensor) -> None:
-    owner_name, _, attr = name.rpartition(".")
-    owner = root.get_submodule(owner_name) if owner_name else root
-    value = getattr(owner, attr)
-    if isinstance(value, nn.Parameter):
-        setattr(owner, attr, nn.Parameter(value.detach()[index].clone(), requires_grad=value.requires_grad))
-    else:
-        owner.register_buffer(attr, value[index].clone())
-
-
-def shrink_chain(module: nn.Module, ratio: float) -> dict[str, list[int]]:
-    """Narrow every Linear/Conv layer of a chain but the last to `ratio` of its outputs, in place.
+def shrink_units(module: nn.Module, ratio: float) -> dict[str, list[int]]:
+    """Narrow every unit group structured pruning finds (Linear -> Linear and Conv -> Conv/Linear chains, through
+    BatchNorms, depthwise convs and element-wise ops; a residual stream stays whole) to `ratio` of its units, the
+    ones with the largest weight norms, in place.
 
     Returns:
-        Layer name -> [outputs before, outputs after].
+        Group name (its producer) -> [units before, units after].
 
     Raises:
-        PassFailed: the layers do not form a chain (an input size that is not a multiple of the previous
-            layer's outputs).
+        PassFailed: no group (nothing the narrowing can rebuild).
     """
-    names = _chain(module)
-    if len(names) < 2:
-        raise PassFailed("width_ratio: the model needs at least two Linear/Conv layers in a chain")
-    eager_norms: dict[str, nn.Module] = {}
-    last_layer = None
-    for name, sub in module.named_modules():
-        if name in names:
-            last_layer = name
-        elif isinstance(sub, nn.BatchNorm1d | nn.BatchNorm2d) and last_layer is not None:
-            eager_norms[last_layer] = sub
+    from deepopt_core.passes.prune import structured
+
+    groups = structured.find_unit_groups(module, kinds=("neurons", "channels"))
+    if not groups:
+        raise PassFailed("width_ratio: no layer of this model can be narrowed (no Linear/Conv output read only by "
+                         "the next Linear/Conv); give a student model_id for this architecture")
+    keep = structured.choose_units(groups, structured.unit_importance(module, groups, "magnitude"), 1.0 - ratio)
     shapes: dict[str, list[int]] = {}
-    for current, following in zip(names, names[1:], strict=False):
-        layer: Any = module.get_submodule(current)
-        nxt: Any = module.get_submodule(following)
-        weight = layer.weight.detach()
-        outputs = weight.shape[0]
-        keep = _top(weight.reshape(outputs, -1).norm(dim=1), max(1, round(outputs * ratio)))
-        inputs = nxt.weight.shape[1] * (getattr(nxt, "groups", 1) or 1)
-        if inputs % outputs or getattr(layer, "groups", 1) != 1 or getattr(nxt, "groups", 1) != 1:
-            raise PassFailed(f"width_ratio: {following!r} does not read {current!r} as a chain; give a student "
-                             "model_id for this architecture")
-        block = inputs // outputs
-        columns = (keep.unsqueeze(1) * block + torch.arange(block)).reshape(-1)
-        _narrow(layer, rows=keep)
-        _narrow(nxt, columns=columns)
-        for owner, attrs in _norms_after(module, current):
-            for attr in attrs:
-                _slice_attr(owner, attr, keep)
-        if current in eager_norms:
-            norm: Any = eager_norms[current]
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(norm, attr, None) is not None:
-                    _slice_attr(norm, attr, keep)
-            norm.num_features = len(keep)  # type: ignore[assignment]
-        shapes[current] = [int(outputs), len(keep)]
+    for group in groups:
+        shapes[group.name] = [group.size, len(keep[group.name])]
+        structured.apply_group(module, group, keep[group.name])
     if is_graph(module):
         module.recompile()  # type: ignore[operator]
     return shapes
-
-
-def _narrow(layer: Any, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None) -> None:
-    weight = layer.weight.detach()
-    bias = layer.bias.detach() if getattr(layer, "bias", None) is not None else None
-    if rows is not None:
-        weight = weight[rows]
-        bias = bias[rows] if bias is not None else None
-    if columns is not None:
-        weight = weight[:, columns]
-    layer.weight = nn.Parameter(weight.clone())
-    if bias is not None:
-        layer.bias = nn.Parameter(bias.clone())
-    if isinstance(layer, nn.Linear):
-        layer.out_features, layer.in_features = weight.shape
-    else:
-        layer.out_channels, layer.in_channels = weight.shape[:2]  # type: ignore[assignment]
 
 
 def reinitialise(module: nn.Module) -> None:
@@ -288,7 +216,7 @@ def derive(core: nn.Module, keep_every: int | None, width_ratio: float | None, i
             facts["hidden_size"] = student.config.hidden_size  # type: ignore[union-attr]
             facts["intermediate_size"] = student.config.intermediate_size  # type: ignore[union-attr]
         else:
-            facts["widths"] = shrink_chain(student, width_ratio)
+            facts["widths"] = shrink_units(student, width_ratio)
     if init == "random":
         torch.manual_seed(seed)
         reinitialise(student)

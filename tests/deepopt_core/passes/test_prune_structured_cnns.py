@@ -113,3 +113,38 @@ def test_structured_pruning_of_a_bn_depthwise_program_through_optimize(tmp_path:
     assert convs["3"].groups == convs["3"].out_channels == 8  # the depthwise conv lost half its channels
     assert convs["0"].out_channels == 8 and convs["6"].in_channels == 8
     assert output(torch.randn(5, 3, 16, 16)).shape == (5, 10)
+
+
+class _Residual(nn.Module):
+    """A ResNet basic block: the stream's channels are read by the add and the next conv, its inner ones are not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.inner = nn.Conv2d(8, 16, 3, padding=1)
+        self.norm = nn.BatchNorm2d(16)
+        self.back = nn.Conv2d(16, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stream = self.stem(x)
+        stream = stream + self.back(torch.relu(self.norm(self.inner(stream))))
+        return self.head(self.pool(stream).flatten(1))
+
+
+def test_width_students_narrow_the_same_unit_groups() -> None:
+    """`distill` `width_ratio` derives its student from structured pruning's groups: through the BatchNorms and
+    the depthwise conv of the BN + depthwise CNN, and inside a residual block while the stream stays whole."""
+    from deepopt_core.passes.distill.students import derive
+
+    x = torch.randn(2, 3, 16, 16)
+    program = lift(_program(_random_statistics(depthwise_cnn()), 16).module())
+    student, facts = derive(program, None, 0.5, "teacher")
+    assert facts["widths"] == {"0": [16, 8], "6": [32, 16]}
+    assert structured._get(student, "3").groups == 8 and student(x).shape == (2, 10)
+    torch.manual_seed(0)
+    residual = _Residual().eval()
+    student, facts = derive(lift(_program(residual, 16).module()), None, 0.5, "teacher")
+    assert facts["widths"] == {"inner": [16, 8]}  # the stem's channels feed the add: not a group
+    assert structured._get(student, "stem").out_channels == 8 and student(x).shape == (2, 4)
