@@ -180,7 +180,7 @@ def _import(handle: ModelHandle, base: PassContext, track: str, progress: Callab
 
     # The submit check refuses the same models from the same stored inspection; a job submitted before it existed
     # (or through the library) is refused here, before converting and pruning for nothing.
-    problem = onnx_import_problem(base.info.op_types, [t.shape for t in base.info.inputs])
+    problem = onnx_import_problem(base.info.op_types, [t.shape for t in base.info.inputs], base.info.opset)
     if problem is not None:
         raise PassFailed(f"the torch methods cannot run on this model: {problem}")
     progress(0.0)

@@ -49,13 +49,18 @@ class Track:
 SHAPE_OPS = frozenset({"Shape", "Size"})
 
 
-def onnx_import_problem(op_types: Mapping[str, int], input_shapes: Sequence[Sequence[Any] | None]) -> str | None:
+def onnx_import_problem(op_types: Mapping[str, int], input_shapes: Sequence[Sequence[Any] | None],
+                        opset: int | None = None) -> str | None:
     """Why an ONNX model cannot be converted to torch for the prune methods and exported back, or None.
 
-    The one predicate behind both the submit check (from the stored inspection: `op_types`, `inputs`) and the
-    conversion at run time (:func:`deepopt_core.formats.onnx_torch.onnx_to_torch`, from the graph itself), so
-    that the two never disagree. A graph of fixed shapes converts whatever it computes.
+    The one predicate behind both the submit check (from the stored inspection: `op_types`, `inputs`, `opset`)
+    and the conversion at run time (:func:`deepopt_core.formats.onnx_torch.onnx_to_torch`, from the graph
+    itself), so that the two never disagree: an op (at the graph's opset) that the converter lacks
+    (:data:`deepopt_core.formats.onnx_torch_ops.CONVERTIBLE_OPS`), or shapes computed from symbolic inputs (a
+    graph of fixed shapes may compute them: they stay what they were).
     """
+    from deepopt_core.formats.onnx_torch_ops import unconvertible_ops
+
     shape_ops = sorted(op for op in SHAPE_OPS if op_types.get(op, 0))
     symbolic = any(shape is None or any(not isinstance(dim, int) for dim in shape) for shape in input_shapes)
     if shape_ops and symbolic:
@@ -63,6 +68,12 @@ def onnx_import_problem(op_types: Mapping[str, int], input_shapes: Sequence[Sequ
                 "exports do), which the conversion to PyTorch would fix to one input shape; upload the Hugging "
                 "Face folder or a torch.export (.pt2) model instead, or use magnitude or N:M (magnitude) pruning, "
                 "which run on the ONNX graph itself")
+    missing = unconvertible_ops([op for op, count in op_types.items() if count], opset)
+    if missing:
+        listed = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+        return (f"the conversion of ONNX to PyTorch (onnx2torch) has no converter for {listed}"
+                f"{f' at opset {opset}' if opset else ''}; upload the Hugging Face folder or a torch.export (.pt2) "
+                "model instead, or use magnitude or N:M (magnitude) pruning, which run on the ONNX graph itself")
     return None
 
 

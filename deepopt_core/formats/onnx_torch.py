@@ -10,8 +10,14 @@ The conversion is `onnx2torch <https://github.com/ENOT-AutoDL/onnx2torch>`_ (Apa
   measured sparsity name them; else the node's name), so that ``targets``, ``exclude`` and the decisions use the
   same names on both paths;
 * ``Identity`` nodes of initializers (shared weights, as exporters write them) are folded first, so that their
-  consumers see constants; onnx2torch's ``Flatten`` for an axis other than 1 is replaced by a correct one, and
-  opset-16 ``GreaterOrEqual``/``LessOrEqual`` use its opset-12 converters (only types were added);
+  consumers see constants; onnx2torch's ``Flatten`` for an axis other than 1 is replaced by a correct one,
+  opset-16 ``GreaterOrEqual``/``LessOrEqual`` use its opset-12 converters (only types were added), the
+  opset-18 ``Reduce*`` ops (axes an input, as the dynamo exporter writes them) have a converter for constant axes,
+  and ``Reshape`` with ``allowzero=1`` (the dynamo exporter's) converts when its shape is a constant with no 0;
+* which ops and versions convert is known without importing torch
+  (:data:`deepopt_core.formats.onnx_torch_ops.CONVERTIBLE_OPS`, checked against onnx2torch's registry by a test),
+  so that a graph with an op onnx2torch lacks is refused at submit
+  (:func:`deepopt_core.planning.onnx_import_problem`);
 * the converted module must reproduce ONNX Runtime's outputs on the job's sample inputs (max abs difference at
   most ``TOLERANCE`` relative to the output scale); a graph with an op onnx2torch lacks, or one that diverges, is
   refused with the reason (:class:`deepopt_core.errors.PassFailed`);
@@ -35,6 +41,7 @@ import importlib.machinery
 import logging
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -96,10 +103,29 @@ def _add_aliases() -> None:
         {"Less": torch.lt, "LessOrEqual": torch.le, "Greater": torch.gt, "GreaterOrEqual": torch.ge})
     # onnx2torch 1.5.15 computes Flatten wrongly for axis != 1 (it flattens everything first); Hugging Face
     # exports use axis 0 and 2 in their attention-mask code.
-    versions = {onnx.defs.get_schema("Flatten", max_inclusive_version=v).since_version
-                for v in range(1, onnx.defs.onnx_opset_version() + 1)}
-    for version in versions:
+    for version in _since_versions("Flatten"):
         registry._CONVERTER_REGISTRY[registry.OperationDescription("", "Flatten", version)] = _convert_flatten
+    # The dynamo exporter writes Reshape with allowzero=1, which onnx2torch refuses; for a constant shape with no 0
+    # in it the attribute changes nothing (it only says what a 0 means).
+    registry._CONVERTER_REGISTRY[registry.OperationDescription("", "Reshape", 14)] = _convert_reshape
+    # Opset 18 moved the axes of the Reduce ops (ReduceSum already in 13) from an attribute to an input, and
+    # onnx2torch 1.5.15 has no converter for those versions; torch's dynamo exporter writes opset 18.
+    for op in _REDUCE_FUNCTIONS:
+        for version in _since_versions(op):
+            description = registry.OperationDescription("", op, version)
+            if version >= 18 and description not in registry._CONVERTER_REGISTRY:
+                registry._CONVERTER_REGISTRY[description] = _convert_reduce
+
+
+def _since_versions(op: str) -> set[int]:
+    """The versions of an ai.onnx op that this onnx package defines (each opset maps to one of them)."""
+    versions = set()
+    for opset in range(1, onnx.defs.onnx_opset_version() + 1):
+        try:
+            versions.add(onnx.defs.get_schema(op, max_inclusive_version=opset).since_version)
+        except onnx.defs.SchemaError:  # the op is newer than this opset
+            continue
+    return versions
 
 
 def _convert_flatten(node: Any, graph: Any) -> Any:
@@ -123,6 +149,74 @@ class OnnxFlatten(nn.Module):
             return x.reshape(1, -1)
         outer = torch.flatten(x, 0, axis - 1)
         return outer.unsqueeze(-1) if axis == x.dim() else torch.flatten(outer, 1)
+
+
+def _convert_reshape(node: Any, graph: Any) -> Any:
+    from onnx2torch.node_converters.reshape import OnnxReshape
+    from onnx2torch.utils.common import OperationConverterResult, get_const_value, onnx_mapping_from_node
+
+    if node.attributes.get("allowzero", 0) == 1:
+        try:
+            shape = torch.as_tensor(get_const_value(node.input_values[1], graph))
+        except KeyError:
+            raise NotImplementedError("Reshape with allowzero=1 to a shape computed while the graph runs") from None
+        if bool((shape == 0).any()):
+            raise NotImplementedError("Reshape with allowzero=1 to a shape with a 0 in it")
+    return OperationConverterResult(torch_module=OnnxReshape(), onnx_mapping=onnx_mapping_from_node(node=node))
+
+
+def _reduce_prod(x: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
+    for dim in reversed(dims):  # from the last, so that the dims before it keep their indices
+        x = torch.prod(x, dim=dim, keepdim=keepdim)
+    return x
+
+
+_REDUCE_FUNCTIONS: dict[str, Callable[[torch.Tensor, list[int], bool], torch.Tensor]] = {
+    "ReduceMean": lambda x, dims, keepdim: torch.mean(x, dim=dims, keepdim=keepdim),
+    "ReduceMax": lambda x, dims, keepdim: torch.amax(x, dim=dims, keepdim=keepdim),
+    "ReduceMin": lambda x, dims, keepdim: torch.amin(x, dim=dims, keepdim=keepdim),
+    "ReduceProd": _reduce_prod,
+    "ReduceL1": lambda x, dims, keepdim: torch.sum(torch.abs(x), dim=dims, keepdim=keepdim),
+    "ReduceL2": lambda x, dims, keepdim: torch.sqrt(torch.sum(x * x, dim=dims, keepdim=keepdim)),
+    "ReduceSumSquare": lambda x, dims, keepdim: torch.sum(x * x, dim=dims, keepdim=keepdim),
+    "ReduceLogSum": lambda x, dims, keepdim: torch.log(torch.sum(x, dim=dims, keepdim=keepdim)),
+    "ReduceLogSumExp": lambda x, dims, keepdim: torch.logsumexp(x, dim=dims, keepdim=keepdim),
+}
+
+
+def _convert_reduce(node: Any, graph: Any) -> Any:
+    """An opset-18+ Reduce op whose axes input is a constant (an initializer or a Constant node)."""
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value
+
+    axes: list[int] | None = None
+    if len(node.input_values) > 1 and node.input_values[1]:
+        try:
+            value = get_const_value(node.input_values[1], graph)
+        except KeyError:
+            raise NotImplementedError(f"{node.operation_type} with axes computed while the graph runs") from None
+        axes = [int(a) for a in torch.as_tensor(value).reshape(-1).tolist()]
+    keepdims = bool(node.attributes.get("keepdims", 1))
+    if not axes and node.attributes.get("noop_with_empty_axes", 0):
+        module: nn.Module = nn.Identity()
+    else:
+        module = OnnxReduce(node.operation_type, axes or None, keepdims)
+    return OperationConverterResult(torch_module=module,
+                                    onnx_mapping=OnnxMapping(inputs=(node.input_values[0],),
+                                                             outputs=node.output_values))
+
+
+class OnnxReduce(nn.Module):
+    """An ONNX Reduce op over fixed `axes` (None: all of them; negative ones count from the end)."""
+
+    def __init__(self, operation_type: str, axes: list[int] | None, keepdims: bool):
+        super().__init__()
+        self.operation_type = operation_type
+        self.axes = axes
+        self.keepdims = keepdims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = list(range(x.dim())) if self.axes is None else sorted({a % x.dim() for a in self.axes})
+        return _REDUCE_FUNCTIONS[self.operation_type](x, dims, self.keepdims)
 
 
 def _stub_torchvision() -> list[str]:

@@ -104,7 +104,7 @@ class _PruneBase(PassConfig):
             from deepopt_core.planning import onnx_import_problem
 
             shapes = [t.get("shape") for t in context.model.get("inputs") or [] if isinstance(t, dict)]
-            problem = onnx_import_problem(context.model.get("op_types") or {}, shapes)
+            problem = onnx_import_problem(context.model.get("op_types") or {}, shapes, context.model.get("opset"))
             if problem is not None:
                 return [((field,), f"{why} runs on PyTorch, but {problem}")]
         return []

@@ -589,12 +589,17 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
 
     A transposed weight (``transB=1``) is stored transposed in a new initializer (the old one is dropped when no
     other node uses it); ``beta`` scales C. The MatMul keeps the Gemm's name. Returns the number rewritten.
+
+    A weight transposed under its own name loses its ``value_info`` (and its graph-input type takes the new
+    shape): the dynamo exporter records the shapes of initializers there, and the old [out, in] entry would
+    contradict the [in, out] tensor in the quantizer's shape inference.
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     users = Counter(name for node in graph.node for name in node.input)
     nodes: list[onnx.NodeProto] = []
     rewritten = 0
+    reshaped: set[str] = set()  # initializers transposed in place
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         has_bias = len(node.input) > 2 and bool(node.input[2])
@@ -611,6 +616,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
             tensor = numpy_helper.from_array(weight, new_name)
             if new_name == weight_name:
                 inits[weight_name].CopyFrom(tensor)
+                reshaped.add(weight_name)
             else:
                 graph.initializer.append(tensor)
                 inits[new_name] = graph.initializer[-1]
@@ -626,6 +632,14 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
                 graph.initializer.append(numpy_helper.from_array((values * beta).astype(values.dtype), bias))
             nodes.append(helper.make_node("Add", [matmul_out, bias], [node.output[0]], name=f"{name}_bias"))
         rewritten += 1
+    if reshaped:
+        value_info = [v for v in graph.value_info if v.name not in reshaped]
+        del graph.value_info[:]
+        graph.value_info.extend(value_info)
+        for graph_input in graph.input:
+            if graph_input.name in reshaped:
+                tensor = inits[graph_input.name]
+                graph_input.CopyFrom(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     still_used = {name for node in nodes for name in node.input}
     kept = [t for t in graph.initializer if t.name in still_used or t.name in {i.name for i in graph.input}]
     del graph.node[:]

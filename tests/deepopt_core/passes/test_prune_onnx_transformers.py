@@ -107,7 +107,7 @@ def test_the_run_refuses_them_with_the_same_predicate(kind: str, transformers_on
                                                       tmp_path: Path) -> None:
     path, calibration = transformers_onnx[kind]
     info = inspect_model(path)
-    expected = onnx_import_problem(info.op_types, [t.shape for t in info.inputs])
+    expected = onnx_import_problem(info.op_types, [t.shape for t in info.inputs], info.opset)
     assert expected is not None
     with pytest.raises(PassFailed) as failure:
         optimize(path, [{"type": "prune", "method": "obs", "sparsity": 0.5, "num_gradients": 8}],
