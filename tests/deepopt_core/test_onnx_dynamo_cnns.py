@@ -85,6 +85,24 @@ def test_the_submit_check_accepts_dynamo_cnns_and_refuses_what_onnx2torch_lacks(
     assert onnx_import_problem({"Conv": 1, "ReduceMean": 1}, [["batch", 3]], 17) is None
 
 
+@pytest.mark.parametrize("spec", [
+    {"type": "prune", "method": "obs", "sparsity": 0.5, "hessian": "inputs", "num_gradients": 8},
+    {"type": "prune", "method": "structured", "sparsity": 0.5},
+], ids=["obs", "structured"])
+def test_the_torch_prune_methods_run_on_a_dynamo_resnet(resnet_dynamo: Path, spec: dict[str, object],
+                                                        tmp_path: Path) -> None:
+    """Converted to torch, pruned, exported back: the run checks the export on twice the sample's batch, and the
+    artifact runs on a batch of 3."""
+    from deepopt_core import optimize
+
+    np.savez(tmp_path / "calibration.npz", **_pixels(8))
+    result = optimize(resnet_dynamo, [spec], {"calibration": tmp_path / "calibration.npz"}, ["onnx"],
+                      workdir=tmp_path / "run", benchmark={"batch_sizes": [1], "runs": 1, "warmup": 0, "threads": 1})
+    assert [d["type"] for d in result.decisions][:1] == ["import"]
+    pruned = inference_session(Path(next(a.path for a in result.artifacts if a.kind == "model")).read_bytes())
+    assert pruned.run(None, _pixels(3))[0].shape == (3, mm.NUM_LABELS)
+
+
 def test_dynamic_quantization_of_a_dynamo_resnet_runs_at_other_batch_sizes(resnet_dynamo: Path,
                                                                             tmp_path: Path) -> None:
     from deepopt_core.passes.quantize.ort_dynamic import quantize_dynamic
