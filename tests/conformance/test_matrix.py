@@ -22,10 +22,6 @@ from benchmarks import matrix_models as mm
 # Cells accepted at submit that fail today, with the defect (issue 15's list; fixed by the owners of those passes).
 # Found by this matrix (none of the slice's cells is on the issue's own list of known defects).
 KNOWN_DEFECTS: dict[str, str] = {
-    "resnet/torch_export/distill.width_ratio/onnx": "distill width_ratio accepted on a residual CNN, then "
-    "pass_failed: the shortcut convolution 'does not read ... as a chain'",
-    "gpt2/hf/distill.width_ratio/onnx": "distill width_ratio accepted on GPT-2, then pass_failed: 'the model needs "
-    "at least two Linear/Conv layers in a chain' (GPT-2's Conv1D layers are not found)",
     "gpt2/hf/finetune.lora/onnx": "finetune on GPT-2 (no pad_token_id in its config, as the real one) accepted, then "
     "internal_error: 'Cannot handle batch sizes > 1 if no padding token is defined'",
 }

@@ -8,6 +8,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from deepopt_core.passes.base import SubmitContext
 from deepopt_core.passes.finetune.config import Problems, TrainingConfig
+from deepopt_core.passes.prune.layouts import BERT_FAMILY, FFN_MODEL_TYPES
+
+# Hugging Face model types whose students `width_ratio` derives (the rest: a .pt2 upload, or a student model).
+WIDTH_MODEL_TYPES = BERT_FAMILY | FFN_MODEL_TYPES
 
 TORCH_FORMATS = ("torchscript", "torch_export", "hf")
 
@@ -18,9 +22,11 @@ class StudentConfig(BaseModel):
     * `keep_every: k` keeps every k-th layer of a transformer encoder (Hugging Face BERT family, or the largest
       stack of identical blocks of a plain torch encoder), initialised from the teacher's layers as DistilBERT
       (Sanh et al., 2019, https://arxiv.org/abs/1910.01108); the last layer is always kept.
-    * `width_ratio: w` keeps the fraction w of the hidden and feed-forward units of a BERT-family model, or of the
-      channels and neurons of a CNN/MLP, choosing the most important units (weight norms, as Li et al., 2017,
-      https://arxiv.org/abs/1608.08710) and starting from their weights.
+    * `width_ratio: w` keeps the fraction w of the hidden and feed-forward units of a BERT-family model with a
+      task head, of the feed-forward units of other transformers (ViT, Llama, Qwen2, Mistral, DistilBERT, and a
+      headless encoder, whose hidden size stays), or of the channels and neurons of a CNN/MLP program (through
+      BatchNorms and depthwise convs; residual streams stay whole), choosing the most important units (weight
+      norms, as Li et al., 2017, https://arxiv.org/abs/1608.08710) and starting from their weights.
 
     Both may be combined; `init: random` re-initialises the derived student (training from scratch).
     """
@@ -103,6 +109,12 @@ class DistillConfig(TrainingConfig):
         elif self.student is not None and context.model.get("format") == "torchscript":
             problems.append((("student",), "a TorchScript model cannot be restructured into a student; upload a "
                              ".pt2 or Hugging Face model, or give student.model_id"))
+        elif self.student is not None and self.student.width_ratio is not None and \
+                context.model.get("format") == "hf" and _model_type(context.model) not in WIDTH_MODEL_TYPES:
+            problems.append((("student", "width_ratio"), "width_ratio narrows the encoders of "
+                             f"{sorted(BERT_FAMILY)} and the feed-forward blocks of {sorted(FFN_MODEL_TYPES)}, not a "
+                             f"Hugging Face {_model_type(context.model)!r} model; give student.model_id, or upload "
+                             "the model as a .pt2 (torch.export), whose Linear/Conv chains are narrowed"))
         elif self.student is not None and self.student.keep_every and context.model.get("format") == "torch_export":
             problems.append((("student", "keep_every"), "keep_every needs a Hugging Face encoder; a torch.export "
                              "program calls its layers by name (use width_ratio or student.model_id)"))
@@ -112,6 +124,11 @@ class DistillConfig(TrainingConfig):
             # The job's model is the student here.
             problems.extend(_pair_problems(context.model, teacher, ("student",)))
         return problems
+
+
+def _model_type(model: dict) -> str | None:
+    details = model.get("details")
+    return details.get("model_type") if isinstance(details, dict) else None
 
 
 def _pair_problems(student: dict, teacher: dict, field: tuple[str, ...]) -> Problems:

@@ -27,6 +27,8 @@ from torch import nn
 from deepopt_core.errors import PassFailed
 from deepopt_core.formats.torch_common import is_graph, is_script
 from deepopt_core.passes.finetune.modules import lift, replace_module
+from deepopt_core.passes.prune import structured
+from deepopt_core.passes.prune.layouts import BERT_FAMILY
 
 log = logging.getLogger("deepopt.passes.distill")
 
@@ -154,7 +156,8 @@ def shrink_bert(model: Any, ratio: float) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def shrink_units(module: nn.Module, ratio: float) -> dict[str, list[int]]:
+def shrink_units(module: nn.Module, ratio: float, kinds: tuple[str, ...] = ("neurons", "channels")
+                 ) -> dict[str, list[int]]:
     """Narrow every unit group structured pruning finds (Linear -> Linear and Conv -> Conv/Linear chains, through
     BatchNorms, depthwise convs and element-wise ops; a residual stream stays whole) to `ratio` of its units, the
     ones with the largest weight norms, in place.
@@ -165,12 +168,11 @@ def shrink_units(module: nn.Module, ratio: float) -> dict[str, list[int]]:
     Raises:
         PassFailed: no group (nothing the narrowing can rebuild).
     """
-    from deepopt_core.passes.prune import structured
-
-    groups = structured.find_unit_groups(module, kinds=("neurons", "channels"))
+    groups = structured.find_unit_groups(module, kinds=kinds)
     if not groups:
         raise PassFailed("width_ratio: no layer of this model can be narrowed (no Linear/Conv output read only by "
-                         "the next Linear/Conv); give a student model_id for this architecture")
+                         "the next Linear/Conv, no feed-forward block of a known layout); give a student model_id "
+                         "for this architecture")
     keep = structured.choose_units(groups, structured.unit_importance(module, groups, "magnitude"), 1.0 - ratio)
     shapes: dict[str, list[int]] = {}
     for group in groups:
@@ -211,10 +213,17 @@ def derive(core: nn.Module, keep_every: int | None, width_ratio: float | None, i
                              "calls its layers by name")
         facts["kept_layers"] = drop_layers(student, keep_every)
     if width_ratio is not None:
-        if hasattr(student, "config") and hasattr(getattr(student, "base_model", None), "encoder"):
+        config: Any = getattr(student, "config", None)
+        headed = getattr(student, "base_model", student) is not student
+        if config is not None and config.model_type in BERT_FAMILY and headed:
             student = shrink_bert(student, width_ratio)
             facts["hidden_size"] = student.config.hidden_size  # type: ignore[union-attr]
             facts["intermediate_size"] = student.config.intermediate_size  # type: ignore[union-attr]
+        elif config is not None:
+            # The hidden size stays: a model without a task head is distilled on its hidden states, whose width
+            # users of its output (embeddings) rely on, and one config field sets the width of every layer's FFN.
+            facts["ffn_widths"] = shrink_units(student, width_ratio, kinds=("ffn",))
+            structured.update_hf_config(student)
         else:
             facts["widths"] = shrink_units(student, width_ratio)
     if init == "random":

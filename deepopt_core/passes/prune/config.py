@@ -14,11 +14,10 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deepopt_core.passes.base import PassConfig, SubmitContext
+from deepopt_core.passes.prune.layouts import BERT_FAMILY, FFN_MODEL_TYPES
 
 Problems = list[tuple[tuple[str | int, ...], str]]
 
-# Hugging Face model types whose encoder layers structured pruning can shrink (attention heads, FFN neurons).
-BERT_FAMILY = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
 # Layers with a weight matrix, as the stored inspection names them: ONNX ops, TorchScript module kinds, aten ops.
 _LINEAR = ("Linear", "aten.linear", "MatMul", "Gemm")
 _CONV = ("Conv1d", "Conv2d", "Conv3d", "aten.conv1d", "aten.conv2d", "aten.conv3d", "Conv")
@@ -267,7 +266,8 @@ class StructuredPruneConfig(_PruneBase):
         wanted = set(self.units or found)
         if not found:
             problems.append((("method",), "the model has no prunable structure: structured pruning needs two "
-                             "consecutive Linear/Conv layers, or attention/FFN blocks of a BERT-family model"))
+                             "consecutive Linear/Conv layers (a .pt2 or ONNX upload), attention/FFN blocks of a "
+                             f"BERT-family model, or the FFN blocks of {sorted(FFN_MODEL_TYPES)} models"))
         elif wanted - found:
             problems.append((("units",), f"the model has no {sorted(wanted - found)} to prune; it has "
                              f"{sorted(found)}"))
@@ -280,7 +280,9 @@ class StructuredPruneConfig(_PruneBase):
         details = model.get("details") or {}
         if fmt == "hf":
             kind = details.get("model_type") if isinstance(details, dict) else None
-            return {"heads", "ffn"} if kind in BERT_FAMILY else set()
+            if kind in BERT_FAMILY:
+                return {"heads", "ffn"}
+            return {"ffn"} if kind in FFN_MODEL_TYPES else set()
         ops = model.get("op_types") or {}
         if not isinstance(ops, dict):
             return set()

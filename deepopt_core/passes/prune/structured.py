@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepopt_core.formats.torch_common import unwrap
+from deepopt_core.passes.prune.layouts import FFN_LAYOUTS, FFNLayout
 from deepopt_core.passes.prune.recovery import (
     LABELS,
     Batch,
@@ -268,6 +269,37 @@ def _encoder_layer_groups(root: nn.Module, kinds: set[str]) -> list[UnitGroup]:
     return groups
 
 
+def _ffn_layers(root: nn.Module) -> list[tuple[str, FFNLayout]]:
+    """(layer name, layout) of every feed-forward block of a known layout: Linear producers of one width (a
+    SwiGLU's gate and up projections both), read by one Linear."""
+    found = []
+    modules = dict(root.named_modules())
+    for name in modules:
+        prefix = f"{name}." if name else ""
+        for layout in FFN_LAYOUTS:
+            producers = [modules.get(prefix + p) for p in layout.producers]
+            consumer = modules.get(prefix + layout.consumer)
+            if not all(isinstance(m, nn.Linear) for m in [*producers, consumer]):
+                continue
+            widths = {m.out_features for m in producers}  # type: ignore[union-attr]
+            if len(widths) == 1 and consumer.in_features in widths:  # type: ignore[union-attr]
+                found.append((name, layout))
+    return found
+
+
+def _ffn_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
+    groups = []
+    for name, layout in _ffn_layers(root):
+        prefix = f"{name}." if name else ""
+        producers = [prefix + p for p in layout.producers]
+        if set(producers) & claimed:
+            continue
+        width = _get(root, producers[0]).out_features
+        group_name = prefix + layout.producers[0].rpartition(".")[0] if "." in layout.producers[0] else producers[0]
+        groups.append(UnitGroup("ffn", group_name, width, producers, consumers=[prefix + layout.consumer]))
+    return groups
+
+
 def _pads_spatial_dims(node: torch.fx.Node, conv: Any) -> bool:
     """Whether `node` pads only the spatial dims of a conv's output (so each channel stays where it was)."""
     if node.target not in (F.pad, torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default):
@@ -387,8 +419,10 @@ def find_unit_groups(
     groups: list[UnitGroup] = []
     if {"heads", "ffn"} & wanted:
         groups += _bert_groups(root) + _encoder_layer_groups(root, wanted)
+    if "ffn" in wanted:
+        groups += _ffn_groups(root, {p for g in groups for p in g.producers})
     claimed = {p for g in groups for p in g.producers + g.consumers}
-    if {"neurons", "channels"} & wanted and not bert_layers(root):
+    if {"neurons", "channels"} & wanted and not bert_layers(root) and not _ffn_layers(root):
         groups += _traced_groups(root, claimed)
     heads = head_layers(root) if keep_head else set()
     selected = []
@@ -798,9 +832,11 @@ def _ridge_refit(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, damp: float
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _update_hf_config(root: nn.Module) -> dict[str, Any] | None:
+def update_hf_config(root: nn.Module) -> dict[str, Any] | None:
     config = getattr(root, "config", None)
     layers = bert_layers(root)
+    if config is not None and not layers:
+        return _update_ffn_config(root, config)
     if config is None or not layers:
         return None
     heads, inter = {}, {}
@@ -812,6 +848,22 @@ def _update_hf_config(root: nn.Module) -> dict[str, Any] | None:
     config.deepopt_pruned_shapes = shapes
     if len(set(inter.values())) == 1:
         config.intermediate_size = next(iter(inter.values()))
+    return shapes
+
+
+def _update_ffn_config(root: nn.Module, config: Any) -> dict[str, Any] | None:
+    """The feed-forward width of a non-BERT transformers model in its config: one field, so every layer must
+    keep the same width (scope 'layer'); a width per layer is recorded in ``deepopt_pruned_shapes``."""
+    layers = _ffn_layers(root)
+    if not layers:
+        return None
+    widths = {str(i): _get(root, f"{name}.{layout.producers[0]}" if name else layout.producers[0]).out_features
+              for i, (name, layout) in enumerate(layers)}
+    shapes = {layers[0][1].config_field: widths}
+    if len(set(widths.values())) == 1:
+        setattr(config, layers[0][1].config_field, next(iter(widths.values())))
+    else:
+        config.deepopt_pruned_shapes = shapes
     return shapes
 
 
@@ -980,7 +1032,7 @@ def structured_prune(
                 skipped.append(group.name)
         summary[group.name] = {"kind": group.kind, "before": before, "kept": group.size}
     rebuild_s = time.perf_counter() - t0
-    shapes = _update_hf_config(root)
+    shapes = update_hf_config(root)
     recovery: dict[str, Any] = {}
     if spec is not None and spec.epochs > 0:
         recovery = recover(model, train_data if train_data is not None else (data or []), spec, teacher=teacher,
