@@ -11,7 +11,8 @@ Upload formats (`UploadFormat`):
     onnx          `torch.onnx.export(..., dynamo=False)`, the TorchScript-based exporter
     onnx_dynamo   `torch.onnx.export(..., dynamo=True)`, the torch.export-based exporter
     torchscript   `torch.jit.trace` saved with `torch.jit.save`
-    torch_export  `torch.export.export` saved with `torch.export.save` (.pt2)
+    torch_export  `torch.export.export` saved with `torch.export.save` (.pt2), the batch and a text model's sequence
+                  dynamic
 
 The torch-side formats wrap the model so that it takes plain tensors and returns one tensor (logits, or
 `last_hidden_state` for MiniLM), which is how such models are exported for serving.
@@ -35,7 +36,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 log = logging.getLogger("deepopt.matrix")
 
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / ".deepopt" / "matrix-cache"
 
@@ -46,6 +47,7 @@ EXTENSIONS = {"hf": ".zip", "onnx": ".onnx", "onnx_dynamo": ".onnx", "torchscrip
 
 IMAGE_SIZE = 32
 SEQUENCE = 16
+MAX_SEQUENCE = 64  # the longest sequence every text architecture here has positions for (max_position_embeddings)
 VOCAB = 1000
 NUM_LABELS = 4
 EXAMPLE_BATCH = 2
@@ -264,6 +266,18 @@ def _save_hf(arch: Architecture, path: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _export_dims(arch: Architecture) -> tuple[dict[int, Any], ...]:
+    """`torch.export` dynamic shapes as users declare them for serving: the batch of every input, and the sequence
+    of a text model's (positional: wrappers name their arguments freely)."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    if not arch.is_text:
+        return tuple({0: batch} for _ in arch.input_names)
+    sequence = torch.export.Dim("sequence", min=1, max=MAX_SEQUENCE)
+    return tuple({0: batch, 1: sequence} for _ in arch.input_names)
+
+
 def _save_torch(arch: Architecture, fmt: UploadFormat, path: Path) -> None:
     import torch
 
@@ -289,8 +303,7 @@ def _save_torch(arch: Architecture, fmt: UploadFormat, path: Path) -> None:
             traced = torch.jit.trace(module, args, check_trace=False)
             torch.jit.save(traced, str(path))
         elif fmt == "torch_export":
-            batch = torch.export.Dim("batch", min=1, max=1024)
-            program = torch.export.export(module, args, dynamic_shapes=tuple({0: batch} for _ in names))
+            program = torch.export.export(module, args, dynamic_shapes=_export_dims(arch))
             torch.export.save(program, str(path))
         else:
             raise ValueError(f"not a torch-side upload format: {fmt}")

@@ -3,7 +3,8 @@
 Export tries the legacy TorchScript-based exporter first (``dynamo=False``: fast, and it handles TorchScript
 modules), with the symbolic dimensions of the source model as dynamic axes; if that fails it falls back to the
 dynamo exporter. ``torch.export`` graph modules are traced to TorchScript first (the legacy exporter cannot switch
-them to eval mode).
+them to eval mode), unless they compute with symbolic sizes: a trace records those as the example's numbers, so only
+the dynamo exporter, which re-exports the program with its dimensions symbolic, keeps them.
 """
 
 from __future__ import annotations
@@ -98,13 +99,17 @@ def export_to_onnx(module: Any, path: str | Path, example: dict[str, np.ndarray]
                                                                                    range(len(outputs))]
     used_inputs = [t for t in inputs if t.name in names]
     axes = _dynamic_axes(used_inputs, output_names, dynamic_batch, [o.ndim for o in outputs])
+    # A trace of a program that reads its inputs' sizes (the class token expanded to the batch, attention reshaped
+    # into heads of each row) keeps the example's sizes as constants: its legacy export runs on no other shape.
+    trace_keeps_shapes = not (axes and computes_with_sizes(module))
     subject = module
-    if is_graph(module):
+    if is_graph(module) and trace_keeps_shapes:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             subject = torch.jit.trace(module, args, strict=False, check_trace=False)
-    errors = []
-    for dynamo in (False, True):
+    errors = [] if trace_keeps_shapes else ["legacy exporter: not used, a trace of this torch.export program would "
+                                            "fix its symbolic dimensions to the example's sizes"]
+    for dynamo in (False, True) if trace_keeps_shapes else (True,):
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
@@ -122,6 +127,20 @@ def export_to_onnx(module: Any, path: str | Path, example: dict[str, np.ndarray]
             log.warning("%s ONNX export failed: %s", "dynamo" if dynamo else "legacy", str(exc)[:500])
             errors.append(f"{'dynamo' if dynamo else 'legacy'} exporter: {str(exc).splitlines()[0][:300]}")
     raise RuntimeError("ONNX export failed; " + "; ".join(errors))
+
+
+def computes_with_sizes(module: Any) -> bool:
+    """Whether `module` is a ``torch.export`` graph that computes with symbolic sizes (``aten.sym_size`` and the
+    arithmetic on it, recorded with a ``SymInt`` value by export)."""
+    import torch
+
+    from deepopt_core.formats.torch_common import is_graph
+
+    if not is_graph(module):
+        return False
+    return any(node.op == "call_function" and isinstance(node.meta.get("val"), torch.SymInt | torch.SymFloat
+                                                          | torch.SymBool)
+               for node in module.graph.nodes)
 
 
 def _dynamo_shapes(inputs: list[TensorInfo], axes: dict[str, dict[int, str]], args: tuple[Any, ...]) -> Any:

@@ -1,0 +1,81 @@
+"""ONNX exports of ``torch.export`` programs (.pt2 uploads) keep the program's symbolic dimensions.
+
+The matrix's ViT and MiniLM .pt2 uploads failed after acceptance under every pass with ONNX output: the export
+traced the program to TorchScript, and the trace wrote the sample's batch (ViT's class token expanded to it, the
+attention reshaped into heads of it) as constants, so the benchmark's batch of 1 failed in ONNX Runtime (``Concat``,
+``Gather``). Programs that compute with their sizes now go through the dynamo exporter, which re-exports them with
+the dimensions symbolic. A program exported with a fixed sequence keeps it fixed, and inspection says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import matrix_models as mm
+from deepopt_core.formats.onnx import computes_with_sizes, export_to_onnx
+from deepopt_core.formats.ort_session import inference_session
+from deepopt_core.formats.torch_common import run_module
+from deepopt_core.formats.torch_export import inspect_torch_export, load_torch_export
+from deepopt_core.specs import ModelInfo
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread: None) -> Iterator[None]:
+    yield
+
+
+def _export_and_run(pt2: Path, info: ModelInfo, arch: mm.Architecture, tmp_path: Path,
+                    shapes: list[tuple[int, int]]) -> None:
+    """Export on the 2-row example; the ONNX model matches the program on each (rows, sequence) in `shapes`."""
+    module = load_torch_export(pt2)
+    assert computes_with_sizes(module)
+    names = [t.name for t in info.inputs]
+    export_to_onnx(module, tmp_path / "exported.onnx", mm.example_inputs(arch, rows=2), info.inputs)
+    session = inference_session(str(tmp_path / "exported.onnx"))
+    for rows, sequence in shapes:
+        feeds = {name: value[:, :sequence] if value.ndim == 2 else value
+                 for name, value in mm.example_inputs(arch, rows=rows, seed=rows).items()}
+        expected = run_module(module, feeds, names)
+        got = session.run(None, feeds)
+        assert got[0].shape == expected[0].shape
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-3, atol=1e-4)
+
+
+def test_vit_pt2_exports_to_onnx_that_takes_other_batch_sizes(tmp_path: Path) -> None:
+    arch = mm.BY_NAME["vit"]
+    pt2 = mm.model_file(arch, "torch_export")
+    info = inspect_torch_export(pt2)
+    assert not isinstance(info.inputs[0].shape and info.inputs[0].shape[0], int)
+    _export_and_run(pt2, info, arch, tmp_path, [(1, 0), (3, 0)])
+
+
+def test_minilm_pt2_exports_to_onnx_that_takes_other_batches_and_sequences(tmp_path: Path) -> None:
+    arch = mm.BY_NAME["minilm"]
+    pt2 = mm.model_file(arch, "torch_export")
+    info = inspect_torch_export(pt2)
+    assert all(t.shape and not any(isinstance(d, int) for d in t.shape) for t in info.inputs), info.inputs
+    _export_and_run(pt2, info, arch, tmp_path, [(1, mm.SEQUENCE), (3, 8)])
+
+
+def test_a_pt2_exported_with_a_fixed_sequence_keeps_it_and_inspection_reports_it(tmp_path: Path) -> None:
+    import torch
+
+    arch = mm.BY_NAME["bert"]  # BertModel's code, as MiniLM's, at a size that exports in seconds
+    feeds = mm.example_inputs(arch)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(mm.build_torch_module(arch),
+                                  tuple(torch.from_numpy(feeds[n]) for n in arch.input_names),
+                                  dynamic_shapes=tuple({0: batch} for _ in arch.input_names))
+    pt2 = tmp_path / "bert-fixed-sequence.pt2"
+    torch.export.save(program, str(pt2))
+    info = inspect_torch_export(pt2)
+    # The sequence is a number, so datasets are checked against it and synthetic inputs take it.
+    assert all(t.shape is not None and t.shape[1] == mm.SEQUENCE and not isinstance(t.shape[0], int)
+               for t in info.inputs), info.inputs
+    _export_and_run(pt2, info, arch, tmp_path, [(1, mm.SEQUENCE), (3, mm.SEQUENCE)])
