@@ -300,6 +300,44 @@ def _ffn_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
     return groups
 
 
+# onnx2torch's per-channel modules (a converted ONNX upload), by class name: onnx2torch is imported only to convert.
+_PASS_ONNX_MODULES = {"OnnxGlobalAveragePool", "OnnxGlobalAveragePoolWithKnownInputShape"}
+
+
+def _constant(node: Any, modules: Mapping[str, nn.Module], depth: int = 0) -> torch.Tensor | None:
+    """The value of a converted ONNX graph's node computed from constants only (the legacy exporter computes a
+    Pad's pads from Constant nodes), or None if it reads an input."""
+    if not isinstance(node, torch.fx.Node):
+        return node if isinstance(node, torch.Tensor) else None
+    if node.op != "call_module" or depth > 32:
+        return None
+    module = modules[str(node.target)]
+    if not type(module).__name__.startswith("Onnx"):
+        return None
+    args = [_constant(arg, modules, depth + 1) if isinstance(arg, torch.fx.Node) else arg for arg in node.args]
+    if any(arg is None for arg in args):
+        return None
+    with torch.no_grad():
+        value = module(*args)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _pads_spatial_module(node: torch.fx.Node, module: nn.Module, modules: Mapping[str, nn.Module]) -> bool:
+    """Whether an onnx2torch Pad pads only the spatial dims (its pads, static or computed from constants)."""
+    name = type(module).__name__
+    if name == "OnnxPadStatic":  # torch order: the last dim first, batch and channel last
+        pads = list(getattr(module, "pads", []))
+        return len(pads) <= 4 or not any(pads[-4:])
+    if name == "OnnxPadDynamic" and len(node.args) > 1:
+        value = _constant(node.args[1], modules)
+        if value is None:
+            return False
+        pads = [int(v) for v in value.flatten().tolist()]  # ONNX order: begins of every dim, then ends
+        half = len(pads) // 2
+        return len(pads) >= 4 and not any(pads[:2] + pads[half:half + 2])
+    return False
+
+
 def _pads_spatial_dims(node: torch.fx.Node, conv: Any) -> bool:
     """Whether `node` pads only the spatial dims of a conv's output (so each channel stays where it was)."""
     if node.target not in (F.pad, torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default):
@@ -368,7 +406,9 @@ def _traced_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
                     norm_allowed = False
                 elif isinstance(module, nn.Flatten) and is_conv and module.start_dim == 1:
                     flattened = True
-                elif not isinstance(module, _PASS_MODULES):
+                elif is_conv and not flattened and _pads_spatial_module(user, module, modules):
+                    pass  # a converted ONNX Pad of the spatial dims
+                elif not isinstance(module, _PASS_MODULES) and type(module).__name__ not in _PASS_ONNX_MODULES:
                     break
             elif user.op == "call_function":
                 flatten = user.target is torch.flatten or str(user.target) == "aten.flatten.using_ints"

@@ -148,3 +148,26 @@ def test_width_students_narrow_the_same_unit_groups() -> None:
     student, facts = derive(lift(_program(residual, 16).module()), None, 0.5, "teacher")
     assert facts["widths"] == {"inner": [16, 8]}  # the stem's channels feed the add: not a group
     assert structured._get(student, "stem").out_channels == 8 and student(x).shape == (2, 4)
+
+
+def test_a_legacy_onnx_mobilenet_v2_is_pruned_through_its_computed_pads() -> None:
+    """The legacy exporter writes MobileNetV2's TF-style padding as Pad nodes whose pads are computed from
+    Constant nodes; converted to torch, the pads are read as the constants they are, so the expansion channels
+    still form groups through them (and through the converted global average pool)."""
+    import onnx
+
+    from benchmarks import matrix_models as mm
+    from deepopt_core.formats.onnx_torch import onnx_to_torch
+
+    arch = next(a for a in mm.ARCHITECTURES if a.name == "mobilenet_v2")
+    model = onnx.load(str(mm.model_file(arch, "onnx")))
+    name = model.graph.input[0].name
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    module, _ = onnx_to_torch(model, {name: x}, [name])
+    groups = structured.find_unit_groups(module)
+    assert sum(bool(g.depthwise) for g in groups) >= 15
+    before = module(torch.from_numpy(x))
+    keep = structured.choose_units(groups, structured.unit_importance(module, groups, "magnitude"), 0.0)
+    for group in groups:
+        structured.apply_group(module, group, keep[group.name])
+    assert torch.allclose(module(torch.from_numpy(x)), before, atol=1e-5)
