@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ LABELS = "labels"
 # Inputs a dataset may leave out: they are filled in (attention_mask with ones, token_type_ids with zeros).
 OPTIONAL_INPUTS = ("attention_mask", "token_type_ids")
 MAX_JSONL_LINE = 1 << 20
+_RANGE = re.compile(r"VR\[-?\d+, (\d+)\]")  # a torch.export range constraint with a finite upper bound
 NO_TOKENIZER = ("the model archive has no tokenizer, so text (.jsonl) cannot be tokenized: upload the Hugging Face "
                 "folder with its tokenizer files (tokenizer.json or the vocabulary and tokenizer_config.json), or "
                 "give an .npz of token ids (input_ids, attention_mask)")
@@ -171,7 +173,8 @@ def inspect_dataset(path: str | Path) -> DatasetInfo:
 
 
 def check_dataset_for_model(dataset: DatasetInfo, model: ModelInfo) -> list[str]:
-    """Problems that keep `dataset` from feeding `model`: missing input arrays, shapes against static dims.
+    """Problems that keep `dataset` from feeding `model`: missing input arrays, shapes against static dims and
+    against the largest sizes a ``torch.export`` program takes.
 
     Returns:
         Human-readable problems; empty when the dataset fits.
@@ -183,6 +186,7 @@ def check_dataset_for_model(dataset: DatasetInfo, model: ModelInfo) -> list[str]
         elif not model.details.get("has_tokenizer"):
             problems.append(NO_TOKENIZER)
         return problems
+    largest = largest_sizes(model)
     for tensor in model.inputs:
         shape = dataset.arrays.get(tensor.name)
         if shape is None:
@@ -204,7 +208,23 @@ def check_dataset_for_model(dataset: DatasetInfo, model: ModelInfo) -> list[str]
                 problems.append(f"array {tensor.name!r} has shape {shape}; the model input needs {want} at "
                                 f"dimension {axis} ({tensor.shape})")
                 break
+            if isinstance(want, str) and want in largest and got > largest[want]:
+                problems.append(f"array {tensor.name!r} has shape {shape}; the model input takes at most "
+                                f"{largest[want]} at dimension {axis} (the range of {want!r} the program was exported "
+                                "with)")
+                break
     return problems
+
+
+def largest_sizes(model: ModelInfo) -> dict[str, int]:
+    """The upper bound of each symbolic dimension of a ``torch.export`` program, from its range constraints
+    (``{"s41": "VR[1, 64]"}``); unbounded ones (``int_oo``) are left out. A program checks them when it runs."""
+    largest: dict[str, int] = {}
+    for symbol, bounds in (model.details.get("range_constraints") or {}).items():
+        match = _RANGE.fullmatch(str(bounds))
+        if match is not None:
+            largest[str(symbol)] = int(match.group(1))
+    return largest
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:

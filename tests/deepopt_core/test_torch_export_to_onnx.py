@@ -4,7 +4,8 @@ The matrix's ViT and MiniLM .pt2 uploads failed after acceptance under every pas
 traced the program to TorchScript, and the trace wrote the sample's batch (ViT's class token expanded to it, the
 attention reshaped into heads of it) as constants, so the benchmark's batch of 1 failed in ONNX Runtime (``Concat``,
 ``Gather``). Programs that compute with their sizes now go through the dynamo exporter, which re-exports them with
-the dimensions symbolic. A program exported with a fixed sequence keeps it fixed, and inspection says so.
+the dimensions symbolic. A program exported with a fixed sequence keeps it fixed, and inspection says so; a dataset
+longer than the sequence range a program was exported with is refused at submit.
 """
 
 from __future__ import annotations
@@ -79,3 +80,26 @@ def test_a_pt2_exported_with_a_fixed_sequence_keeps_it_and_inspection_reports_it
     assert all(t.shape is not None and t.shape[1] == mm.SEQUENCE and not isinstance(t.shape[0], int)
                for t in info.inputs), info.inputs
     _export_and_run(pt2, info, arch, tmp_path, [(1, mm.SEQUENCE), (3, mm.SEQUENCE)])
+
+
+def test_a_dataset_longer_than_the_programs_sequence_range_is_refused() -> None:
+    import torch
+
+    from deepopt_core.datasets import check_dataset_for_model
+    from deepopt_core.specs import DatasetInfo
+
+    arch = mm.BY_NAME["minilm"]
+    pt2 = mm.model_file(arch, "torch_export")
+    info = inspect_torch_export(pt2)
+
+    def dataset(sequence: int) -> DatasetInfo:
+        return DatasetInfo(format="npz", num_rows=4, arrays={n: [4, sequence] for n in arch.input_names},
+                           dtypes=dict.fromkeys(arch.input_names, "int64"))
+
+    assert check_dataset_for_model(dataset(mm.MAX_SEQUENCE), info) == []
+    problems = check_dataset_for_model(dataset(mm.MAX_SEQUENCE + 1), info)
+    assert len(problems) == 3 and f"at most {mm.MAX_SEQUENCE} at dimension 1" in problems[0], problems
+    # What the refusal saves: the program checks its range when it runs, after the job was accepted.
+    longer = torch.ones(1, mm.MAX_SEQUENCE + 1, dtype=torch.int64)
+    with pytest.raises(AssertionError, match=f"<= {mm.MAX_SEQUENCE}"):
+        load_torch_export(pt2)(longer, longer, torch.zeros_like(longer))
