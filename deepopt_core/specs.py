@@ -116,6 +116,8 @@ class ModelDetails(BaseModel):
     has_tokenizer: bool | None = None
     num_labels: int | None = None
     vocab_size: int | None = None
+    pad_token_id: Count | None = Field(None, description="Text models: the config's pad token id.")
+    eos_token_id: Count | None = Field(None, description="Text models: the config's (first) end-of-sequence token id.")
     files: list[Name] | None = Field(None, max_length=100_000)
     task: Annotated[str, Field(max_length=64)] | None = Field(
         None, description="Pipeline task of the architecture: text-generation, text-classification, ...")

@@ -274,12 +274,20 @@ def _link(source: Path, target: Path) -> None:
 
 
 def load_tokenizer(folder: Path) -> Any | None:
-    """The tokenizer saved in the folder, or None when it has none."""
+    """The tokenizer saved in the folder, or None when it has none.
+
+    A tokenizer without a pad token (GPT-2's, Llama's) pads with its end-of-sequence token, as transformers users
+    set it: batches of texts of different lengths need one.
+    """
     if not has_tokenizer(folder):
         return None
     import transformers
 
-    return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True,
+                                                           trust_remote_code=False)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def save_hf(wrapper: Any, path: str | Path, source_folder: Path, name: str = "model") -> Path:

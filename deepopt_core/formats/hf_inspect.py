@@ -277,6 +277,15 @@ def config_facts(config: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in facts.items() if value is not None}
 
 
+def token_ids(config: dict[str, Any]) -> dict[str, int | None]:
+    """The config's pad and (first) end-of-sequence token ids, None where it names none: a decoder's sequence
+    classification head needs one of them to find each row's last token (checked at submit)."""
+    eos = config.get("eos_token_id")
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    return {"pad_token_id": _count(config, "pad_token_id"), "eos_token_id": _count({"eos": eos}, "eos")}
+
+
 def inspect_hf(path: str | Path) -> ModelInfo:
     """Describe a Hugging Face archive or folder from its config.json and safetensors headers: the
     architecture's inputs (:func:`hf_inputs`) and outputs (:func:`hf_output_names`), parameters, weight dtype
@@ -311,6 +320,7 @@ def inspect_hf(path: str | Path) -> ModelInfo:
             "has_tokenizer": any(name in files for name in TOKENIZER_MARKERS),
             "num_labels": len(labels) if isinstance(labels := config.get("id2label"), dict) and labels else None,
             "vocab_size": _count(config, "vocab_size"),
+            **({} if is_vision(config) else token_ids(config)),
             "dtype": weights_dtype(headers, config),
             **config_facts(config),
             "files": files,

@@ -22,8 +22,6 @@ from benchmarks import matrix_models as mm
 # Cells accepted at submit that fail today, with the defect (issue 15's list; fixed by the owners of those passes).
 # Found by this matrix (none of the slice's cells is on the issue's own list of known defects).
 KNOWN_DEFECTS: dict[str, str] = {
-    "gpt2/hf/finetune.lora/onnx": "finetune on GPT-2 (no pad_token_id in its config, as the real one) accepted, then "
-    "internal_error: 'Cannot handle batch sizes > 1 if no padding token is defined'",
 }
 
 

@@ -52,8 +52,7 @@ class AdaptedLinear(nn.Module):
         self.base = base
         self.kind = kind
         self.scaling = scaling
-        features_in = int(getattr(base, "in_features", 0) or base.weight.shape[1])
-        features_out = int(getattr(base, "out_features", 0) or base.weight.shape[0])
+        features_in, features_out = linear_features(base)
         self.adapter = Bottleneck(features_out if kind == "series" else features_in, size, features_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +60,14 @@ class AdaptedLinear(nn.Module):
         if self.kind == "series":
             return y + self.adapter(y)
         return y + self.scaling * self.adapter(x)
+
+
+def linear_features(layer: Any) -> tuple[int, int]:
+    """(input, output) features of a Linear layer, or of GPT-2's ``Conv1D``, a Linear layer whose weight is
+    stored transposed (input x output)."""
+    if type(layer).__name__ == "Conv1D":
+        return int(layer.weight.shape[0]), int(layer.weight.shape[1])
+    return int(layer.in_features), int(layer.out_features)
 
 
 def add_bottlenecks(module: nn.Module, names: list[str], kind: str, size: int, scaling: float) -> list[str]:

@@ -112,11 +112,24 @@ class _FinetuneBase(TrainingConfig):
     head: Literal["auto", "keep", "new"] = Field(
         "auto", description="Hugging Face models: `new` puts a fresh classification/regression head on the base; "
         "`auto` keeps a head that fits the labels and adds one otherwise.")
+    pad_token_id: int | None = Field(
+        None, ge=0, description="Hugging Face decoders (GPT-2, Llama, Qwen2): the token id that pads the rows, for "
+        "a classification head that reads each row's last other token; default the model's pad token, else its "
+        "end-of-sequence token.")
 
     def check(self, context: SubmitContext) -> Problems:
-        """Submit-time checks: labelled training data the model can read, adapters on a rewritable model."""
+        """Submit-time checks: labelled training data the model can read, adapters on a rewritable model, a pad
+        token for a decoder's classification head."""
         problems = self._training_problems(context, needs_labels=True)
         fmt = context.model.get("format")
+        details = context.model.get("details") or {}
+        # Inspections from before the token ids were recorded lack the keys; those are checked when the job runs.
+        no_pad_known = "eos_token_id" in details and details.get("pad_token_id") is None and details.get(
+            "eos_token_id") is None and not details.get("has_tokenizer")
+        if fmt == "hf" and details.get("task") == "text-generation" and no_pad_known and self.pad_token_id is None:
+            problems.append((("pad_token_id",), "a decoder's classification head reads each row's last token that "
+                             "is not padding, and this model's config names no pad_token_id or eos_token_id (and "
+                             "it has no tokenizer): give pad_token_id, the id that pads the training rows"))
         method = getattr(self, "method", "full")
         if fmt == "torchscript" and method != "full":
             problems.append((("method",), f"{method!r} inserts modules, which a TorchScript model cannot take; "

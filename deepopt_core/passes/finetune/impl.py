@@ -2,12 +2,14 @@
 
 The model trains on the job's training dataset (`.jsonl` text tokenized with the model's tokenizer, or `.npz`
 arrays) for classification (cross-entropy) or regression (MSE). Hugging Face models get a sequence
-classification head when the labels need one. Accuracy (or MSE) is measured before and after on the eval dataset
-when it has labels, else on the held-out split. The adapter alone is written as an artifact (`kind: adapter`: a
-zip of a PEFT folder for LoRA, loadable with ``PeftModel.from_pretrained``; safetensors plus a JSON config for
-the adapters PEFT does not have). The pass returns the fine-tuned model for the requested outputs: LoRA merged
-into the base weights (``merge: true``; dequantize, merge, requantize over a quantized base, the merged model's
-fidelity to the adapter-on-base model measured) or kept as separate layers.
+classification head (an image classification head for image models) when the labels need one; a decoder's head
+pads with its pad token, else its end-of-sequence token, kept in the config and tokenizer of the outputs.
+Accuracy (or MSE) is measured before and after on the eval dataset when it has labels, else on the held-out
+split. The adapter alone is written as an artifact (`kind: adapter`: a zip of a PEFT folder for LoRA, loadable
+with ``PeftModel.from_pretrained``; safetensors plus a JSON config for the adapters PEFT does not have). The pass
+returns the fine-tuned model for the requested outputs: LoRA merged into the base weights (``merge: true``;
+dequantize, merge, requantize over a quantized base, the merged model's fidelity to the adapter-on-base model
+measured) or kept as separate layers.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from deepopt_core.passes.context import PassContext
 from deepopt_core.passes.finetune import adapters as ad
 from deepopt_core.passes.finetune.config import default_targets, describe, matches
 from deepopt_core.passes.finetune.modules import (
+    HEAD_SUFFIXES,
     check_trainable,
     head_names,
     is_hf,
     leaf_names,
+    pad_token_for,
+    reads_last_token,
     rewrap,
     set_mode,
     trainable_core,
@@ -97,10 +102,12 @@ def _targets(spec: Any, core: nn.Module, hf: bool, kind: str) -> list[str]:
     if wanted is None and hf:
         wanted = default_targets(getattr(core.config, "model_type", None), kind)
     heads = head_names(core) if hf else []
-    linear = [n for n in leaf_names(core) if not any(n == h or n.startswith(h + ".") for h in heads)]
+    # LoRA also goes on convolutions; a bottleneck adapter transforms the last dimension, a Linear layer's features.
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d) if kind == "lora" else (nn.Linear,)
+    linear = [n for n in leaf_names(core, kinds) if not any(n == h or n.startswith(h + ".") for h in heads)]
     if wanted is None or wanted == ["all-linear"]:
         return linear
-    candidates = leaf_names(core, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)) if kind == "lora" else linear
+    candidates = leaf_names(core, (*kinds, nn.Embedding)) if kind == "lora" else linear
     found = [n for n in candidates if any(matches(n, t) for t in wanted)]
     unmatched = [t for t in wanted if not any(matches(n, t) for n in candidates)]
     if unmatched or not found:
@@ -158,8 +165,9 @@ def attach_method(spec: Any, core: Any, hf: bool) -> tuple[Any, Any, dict[str, A
             detail["quantized_base_layers"] = len(ad.quantize_base(core, bits, heads))
         targets = _targets(spec, core, hf, "lora")
         base_copy = copy.deepcopy(core)
+        text_head = hf and bool(heads) and type(core).__name__.endswith("ForSequenceClassification")
         config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
-                            modules_to_save=heads or None, task_type=TaskType.SEQ_CLS if hf and heads else None)
+                            modules_to_save=heads or None, task_type=TaskType.SEQ_CLS if text_head else None)
         detail["target_modules"] = targets
         return get_peft_model(core, config), base_copy, detail
     if method in ("adapter_series", "adapter_parallel"):
@@ -199,18 +207,23 @@ def apply_torch(spec: Any, model: Any, ctx: PassContext) -> Any:
     data = load_train_data(ctx.train, ctx.info, ctx.tokenizer, max_length=spec.max_length, regression=regression)
     if data.labels is None:
         raise PassFailed("finetune needs labels in the training data")
-    num_labels = 1 if regression else int(spec.num_labels or int(data.labels.max()) + 1)
+    core: Any = trainable_core(model)
+    num_labels = 1 if regression else int(spec.num_labels or _classes(data.labels, core, hf))
     train_split, held = data.split(spec.validation_split, spec.seed)
     evaluation = _eval_data(ctx, spec, regression)
     check, checked_on = (evaluation, "eval") if evaluation else ((held, "held_out") if held else (train_split, "train"))
     check = check.subset(np.arange(min(check.rows, CHECK_ROWS)))
     names = data.names
 
-    core: Any = trainable_core(model)
     if hf:
-        core, changed = with_head(core, num_labels, regression, spec.head)
+        pad_token_id = pad_token_for(core.config, ctx.tokenizer, spec.pad_token_id)
+        core, changed = with_head(core, num_labels, regression, spec.head, pad_token_id)
+        if reads_last_token(core) and core.config.pad_token_id is None:
+            raise PassFailed(f"finetune: {core.config.model_type}'s classification head reads each row's last "
+                             "token that is not padding, and the model names no pad or end-of-sequence token: "
+                             "give pad_token_id")
         if changed:
-            ctx.hf_folder = write_config(core, ctx.hf_folder, ctx.workdir) or ctx.hf_folder
+            ctx.hf_folder = write_config(core, ctx.hf_folder, ctx.workdir, ctx.tokenizer) or ctx.hf_folder
     core.to(device)
     forward = _forward(core, hf, names)
     set_mode(core, False)
@@ -256,6 +269,18 @@ def apply_torch(spec: Any, model: Any, ctx: PassContext) -> Any:
         "settings": describe(spec),
     })  # fmt: skip
     return rewrap(model, core) if hf else core
+
+
+def _classes(labels: np.ndarray, core: Any, hf: bool) -> int:
+    """Classes of the head when the spec names none: those the labels use; on a Hugging Face model at least two
+    (transformers refuses a one-class classification config) and all those of a head it has that covers the
+    labels (the head is kept, not replaced by a narrower one)."""
+    used = int(labels.max()) + 1
+    if not hf:
+        return used
+    has_head = type(core).__name__.endswith(HEAD_SUFFIXES)
+    existing = int(core.config.num_labels) if has_head else 0
+    return existing if existing >= used else max(used, 2)
 
 
 def _eval_data(ctx: PassContext, spec: Any, regression: bool) -> TrainData | None:

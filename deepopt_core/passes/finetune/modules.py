@@ -5,8 +5,9 @@ and task heads on Hugging Face models.
   turns those calls into ``nn.Linear``/``nn.Conv2d`` submodules with the same parameters and names (``fc1``), so
   that PEFT, adapters, hooks and width surgery can work on them. The lifted module computes the same function.
 * A Hugging Face model travels inside :class:`deepopt_core.formats.hf.HFWrapper`; :func:`with_head` replaces the
-  wrapped model by its ``...ForSequenceClassification`` sibling (base weights kept, a new head) when the labels
-  need one, and writes the new config into a copy of the model folder for the ``hf`` output.
+  wrapped model by its ``...ForSequenceClassification`` (``...ForImageClassification`` for an image model)
+  sibling (base weights kept, a new head) when the labels need one, and writes the new config into a copy of the
+  model folder for the ``hf`` output. A decoder's head pads with a pad token (:func:`pad_token_for`).
 """
 
 from __future__ import annotations
@@ -152,11 +153,15 @@ def _copy_folder(source: Path, workdir: Path) -> Path:
     return target
 
 
-def write_config(model: nn.Module, source: Path | None, workdir: Path) -> Path | None:
-    """A copy of the Hugging Face folder `source` with `model`'s config.json (tokenizer files kept)."""
+def write_config(model: nn.Module, source: Path | None, workdir: Path, tokenizer: Any = None) -> Path | None:
+    """A copy of the Hugging Face folder `source` with `model`'s config.json, and `tokenizer` saved over the
+    tokenizer files when given: the one the model trained with, pad token included (a decoder's is its
+    end-of-sequence token, see :func:`deepopt_core.formats.hf.load_tokenizer`)."""
     if source is None:
         return None
     folder = _copy_folder(source, workdir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
     config = model.config.to_dict()  # type: ignore[union-attr, operator]
     config.pop("_attn_implementation_autoset", None)
     config.pop("_attn_implementation", None)
@@ -164,8 +169,13 @@ def write_config(model: nn.Module, source: Path | None, workdir: Path) -> Path |
     return folder
 
 
-def with_head(model: Any, num_labels: int, regression: bool, mode: str) -> tuple[nn.Module, bool]:
-    """A Hugging Face model with a sequence classification (or regression) head for `num_labels` outputs.
+HEAD_SUFFIXES = ("ForSequenceClassification", "ForImageClassification")
+
+
+def with_head(model: Any, num_labels: int, regression: bool, mode: str,
+              pad_token_id: int | None = None) -> tuple[nn.Module, bool]:
+    """A Hugging Face model with a classification (or regression) head for `num_labels` outputs: a sequence
+    classification head on a text model, an image classification head on an image model (``pixel_values``).
 
     Args:
         model: the Hugging Face model (not the wrapper).
@@ -173,43 +183,86 @@ def with_head(model: Any, num_labels: int, regression: bool, mode: str) -> tuple
         regression: the head is trained with MSE (``problem_type: regression``).
         mode: ``keep`` the existing head (error if it does not fit), ``new`` always a fresh one, ``auto``: keep a
             fitting one.
+        pad_token_id: set on a text model's config (see :func:`pad_token_for`; None leaves it as it is).
 
     Returns:
         (model, whether the config changed).
 
     Raises:
-        PassFailed: the family has no sequence-classification class, or ``keep`` with a head that does not fit.
+        PassFailed: the family has no classification class of its kind, or ``keep`` with a head that does not fit.
     """
     import transformers
 
+    from deepopt_core.formats.hf_inspect import is_vision
+
     config = model.config
+    vision = is_vision(config.to_dict())
+    if vision:
+        pad_token_id = None  # images have no padding
     problem = "regression" if regression else "single_label_classification"
-    has_head = type(model).__name__.endswith("ForSequenceClassification")
+    has_head = type(model).__name__.endswith(HEAD_SUFFIXES)
     fits = has_head and int(config.num_labels) == num_labels
     if mode == "keep" or (mode == "auto" and fits):
         if not fits:
             raise PassFailed(f"finetune: head 'keep' but the model has no head for {num_labels} outputs")
+        changed = _set_pad_token(config, pad_token_id)
         if getattr(config, "problem_type", None) != problem:
             config.problem_type = problem
-            return model, True
-        return model, False
+            changed = True
+        return model, changed
     new_config = config.__class__.from_dict(config.to_dict())
     new_config.num_labels = num_labels
     new_config.problem_type = problem
     new_config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
     new_config.label2id = {v: k for k, v in new_config.id2label.items()}
+    auto, kind = ((transformers.AutoModelForImageClassification, "image") if vision
+                  else (transformers.AutoModelForSequenceClassification, "sequence"))
     try:
-        head_model = transformers.AutoModelForSequenceClassification.from_config(new_config)
+        head_model = auto.from_config(new_config)
     except (ValueError, KeyError) as exc:
-        raise PassFailed(f"finetune: {config.model_type} has no sequence classification model: {exc}") from None
-    new_config.architectures = [type(head_model).__name__]
+        raise PassFailed(f"finetune: {config.model_type} has no {kind} classification model: {exc}") from None
     source = model.base_model if has_head or hasattr(model, "base_model") else model  # type: ignore[union-attr]
     result = head_model.base_model.load_state_dict(source.state_dict(), strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
     if missing:
         log.info("new head: base weights not in the source: %s", missing[:5])
     head_model.config.architectures = [type(head_model).__name__]
+    # Set after the model is built, as transformers users do (`model.config.pad_token_id = ...`): built with it,
+    # a decoder's embedding would take the pad token as its padding_idx, which the uploaded model did not have.
+    _set_pad_token(head_model.config, pad_token_id)
     return head_model.train(model.training), True
+
+
+def _set_pad_token(config: Any, pad_token_id: int | None) -> bool:
+    if pad_token_id is None or getattr(config, "pad_token_id", None) == pad_token_id:
+        return False
+    config.pad_token_id = pad_token_id
+    return True
+
+
+def reads_last_token(model: nn.Module) -> bool:
+    """Whether a sequence classification head pools each row's last token that is not padding, which needs
+    ``config.pad_token_id`` for batches of more than one row: the decoders' heads, which transformers names
+    ``score`` (the encoders' ``classifier`` reads the first token)."""
+    return type(model).__name__.endswith("ForSequenceClassification") and hasattr(model, "score")
+
+
+def pad_token_for(config: Any, tokenizer: Any, requested: int | None) -> int | None:
+    """The token id that pads rows, for a sequence classification head that reads each row's last token that is
+    not padding (GPT-2, Llama, Qwen2: without one, they refuse batches of more than one row).
+
+    `requested` (the spec's `pad_token_id`) first, then the config's and the tokenizer's pad token, then the
+    end-of-sequence token, which is what users of decoders without a pad token pad with. None when the model
+    names neither.
+    """
+    tokenizer_pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    eos = getattr(config, "eos_token_id", None)
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    for candidate in (requested, getattr(config, "pad_token_id", None), tokenizer_pad, eos):
+        if isinstance(candidate, int):
+            return candidate
+    return None
 
 
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
