@@ -36,7 +36,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 log = logging.getLogger("deepopt.matrix")
 
-BUILD_VERSION = "2"
+BUILD_VERSION = "3"
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / ".deepopt" / "matrix-cache"
 
@@ -114,7 +114,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
                  {"vocab_size": VOCAB, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 2,
                   "tie_word_embeddings": False}),
     Architecture("llama", "decoder", "LlamaForCausalLM", _DECODER),
-    Architecture("qwen2", "decoder", "Qwen2ForCausalLM", _DECODER),
+    # Real Qwen2 checkpoints name their end-of-sequence token (a classification head pads with it).
+    Architecture("qwen2", "decoder", "Qwen2ForCausalLM", {**_DECODER, "bos_token_id": 1, "eos_token_id": 2}),
 )
 BY_NAME = {arch.name: arch for arch in ARCHITECTURES}
 
