@@ -45,6 +45,9 @@ class FullFinetuneConfig:
         num_labels (int | None | Unset): Classes (default: from the data).
         head (FullFinetuneConfigHead | Unset): Hugging Face models: `new` puts a fresh classification/regression head on
             the base; `auto` keeps a head that fits the labels and adds one otherwise. Default: FullFinetuneConfigHead.AUTO.
+        pad_token_id (int | None | Unset): Hugging Face decoders (GPT-2, Llama, Qwen2): the token id that pads the rows,
+            for a classification head that reads each row's last other token; default the model's pad token, else its end-
+            of-sequence token.
         method (Literal['full'] | Unset):  Default: 'full'.
     """
 
@@ -69,6 +72,7 @@ class FullFinetuneConfig:
     task: FullFinetuneConfigTask | Unset = FullFinetuneConfigTask.AUTO
     num_labels: int | None | Unset = UNSET
     head: FullFinetuneConfigHead | Unset = FullFinetuneConfigHead.AUTO
+    pad_token_id: int | None | Unset = UNSET
     method: Literal["full"] | Unset = "full"
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +154,12 @@ class FullFinetuneConfig:
         if not isinstance(self.head, Unset):
             head = self.head.value
 
+        pad_token_id: int | None | Unset
+        if isinstance(self.pad_token_id, Unset):
+            pad_token_id = UNSET
+        else:
+            pad_token_id = self.pad_token_id
+
         method = self.method
 
         field_dict: dict[str, Any] = {}
@@ -199,6 +209,8 @@ class FullFinetuneConfig:
             field_dict["num_labels"] = num_labels
         if head is not UNSET:
             field_dict["head"] = head
+        if pad_token_id is not UNSET:
+            field_dict["pad_token_id"] = pad_token_id
         if method is not UNSET:
             field_dict["method"] = method
 
@@ -320,6 +332,15 @@ class FullFinetuneConfig:
         else:
             head = FullFinetuneConfigHead(_head)
 
+        def _parse_pad_token_id(data: object) -> int | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(int | None | Unset, data)
+
+        pad_token_id = _parse_pad_token_id(d.pop("pad_token_id", UNSET))
+
         method = cast(Literal["full"] | Unset, d.pop("method", UNSET))
         if method != "full" and not isinstance(method, Unset):
             raise ValueError(f"method must match const 'full', got '{method}'")
@@ -346,6 +367,7 @@ class FullFinetuneConfig:
             task=task,
             num_labels=num_labels,
             head=head,
+            pad_token_id=pad_token_id,
             method=method,
         )
 

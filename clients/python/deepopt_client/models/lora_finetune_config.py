@@ -48,6 +48,9 @@ class LoraFinetuneConfig:
             num_labels (int | None | Unset): Classes (default: from the data).
             head (LoraFinetuneConfigHead | Unset): Hugging Face models: `new` puts a fresh classification/regression head on
                 the base; `auto` keeps a head that fits the labels and adds one otherwise. Default: LoraFinetuneConfigHead.AUTO.
+            pad_token_id (int | None | Unset): Hugging Face decoders (GPT-2, Llama, Qwen2): the token id that pads the rows,
+                for a classification head that reads each row's last other token; default the model's pad token, else its end-
+                of-sequence token.
             method (Literal['lora'] | Unset):  Default: 'lora'.
             r (int | Unset): Rank of the update B·A. Default: 8.
             alpha (float | Unset): Scaling numerator: the update is alpha / r · B·A. Default: 16.0.
@@ -81,6 +84,7 @@ class LoraFinetuneConfig:
     task: LoraFinetuneConfigTask | Unset = LoraFinetuneConfigTask.AUTO
     num_labels: int | None | Unset = UNSET
     head: LoraFinetuneConfigHead | Unset = LoraFinetuneConfigHead.AUTO
+    pad_token_id: int | None | Unset = UNSET
     method: Literal["lora"] | Unset = "lora"
     r: int | Unset = 8
     alpha: float | Unset = 16.0
@@ -168,6 +172,12 @@ class LoraFinetuneConfig:
         if not isinstance(self.head, Unset):
             head = self.head.value
 
+        pad_token_id: int | None | Unset
+        if isinstance(self.pad_token_id, Unset):
+            pad_token_id = UNSET
+        else:
+            pad_token_id = self.pad_token_id
+
         method = self.method
 
         r = self.r
@@ -242,6 +252,8 @@ class LoraFinetuneConfig:
             field_dict["num_labels"] = num_labels
         if head is not UNSET:
             field_dict["head"] = head
+        if pad_token_id is not UNSET:
+            field_dict["pad_token_id"] = pad_token_id
         if method is not UNSET:
             field_dict["method"] = method
         if r is not UNSET:
@@ -375,6 +387,15 @@ class LoraFinetuneConfig:
         else:
             head = LoraFinetuneConfigHead(_head)
 
+        def _parse_pad_token_id(data: object) -> int | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(int | None | Unset, data)
+
+        pad_token_id = _parse_pad_token_id(d.pop("pad_token_id", UNSET))
+
         method = cast(Literal["lora"] | Unset, d.pop("method", UNSET))
         if method != "lora" and not isinstance(method, Unset):
             raise ValueError(f"method must match const 'lora', got '{method}'")
@@ -443,6 +464,7 @@ class LoraFinetuneConfig:
             task=task,
             num_labels=num_labels,
             head=head,
+            pad_token_id=pad_token_id,
             method=method,
             r=r,
             alpha=alpha,

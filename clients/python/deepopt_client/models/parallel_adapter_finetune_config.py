@@ -49,6 +49,9 @@ class ParallelAdapterFinetuneConfig:
             head (ParallelAdapterFinetuneConfigHead | Unset): Hugging Face models: `new` puts a fresh
                 classification/regression head on the base; `auto` keeps a head that fits the labels and adds one otherwise.
                 Default: ParallelAdapterFinetuneConfigHead.AUTO.
+            pad_token_id (int | None | Unset): Hugging Face decoders (GPT-2, Llama, Qwen2): the token id that pads the rows,
+                for a classification head that reads each row's last other token; default the model's pad token, else its end-
+                of-sequence token.
             bottleneck_size (int | Unset): Width of the down-projection. Default: 64.
             scaling (float | Unset): Factor on the adapter's output (parallel adapters). Default: 1.0.
             target_modules (list[str] | None | Unset): Linear layers to adapt; default per architecture.
@@ -78,6 +81,7 @@ class ParallelAdapterFinetuneConfig:
     task: ParallelAdapterFinetuneConfigTask | Unset = ParallelAdapterFinetuneConfigTask.AUTO
     num_labels: int | None | Unset = UNSET
     head: ParallelAdapterFinetuneConfigHead | Unset = ParallelAdapterFinetuneConfigHead.AUTO
+    pad_token_id: int | None | Unset = UNSET
     bottleneck_size: int | Unset = 64
     scaling: float | Unset = 1.0
     target_modules: list[str] | None | Unset = UNSET
@@ -162,6 +166,12 @@ class ParallelAdapterFinetuneConfig:
         if not isinstance(self.head, Unset):
             head = self.head.value
 
+        pad_token_id: int | None | Unset
+        if isinstance(self.pad_token_id, Unset):
+            pad_token_id = UNSET
+        else:
+            pad_token_id = self.pad_token_id
+
         bottleneck_size = self.bottleneck_size
 
         scaling = self.scaling
@@ -224,6 +234,8 @@ class ParallelAdapterFinetuneConfig:
             field_dict["num_labels"] = num_labels
         if head is not UNSET:
             field_dict["head"] = head
+        if pad_token_id is not UNSET:
+            field_dict["pad_token_id"] = pad_token_id
         if bottleneck_size is not UNSET:
             field_dict["bottleneck_size"] = bottleneck_size
         if scaling is not UNSET:
@@ -351,6 +363,15 @@ class ParallelAdapterFinetuneConfig:
         else:
             head = ParallelAdapterFinetuneConfigHead(_head)
 
+        def _parse_pad_token_id(data: object) -> int | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(int | None | Unset, data)
+
+        pad_token_id = _parse_pad_token_id(d.pop("pad_token_id", UNSET))
+
         bottleneck_size = d.pop("bottleneck_size", UNSET)
 
         scaling = d.pop("scaling", UNSET)
@@ -398,6 +419,7 @@ class ParallelAdapterFinetuneConfig:
             task=task,
             num_labels=num_labels,
             head=head,
+            pad_token_id=pad_token_id,
             bottleneck_size=bottleneck_size,
             scaling=scaling,
             target_modules=target_modules,

@@ -49,6 +49,9 @@ class PrefixFinetuneConfig:
             head (PrefixFinetuneConfigHead | Unset): Hugging Face models: `new` puts a fresh classification/regression head
                 on the base; `auto` keeps a head that fits the labels and adds one otherwise. Default:
                 PrefixFinetuneConfigHead.AUTO.
+            pad_token_id (int | None | Unset): Hugging Face decoders (GPT-2, Llama, Qwen2): the token id that pads the rows,
+                for a classification head that reads each row's last other token; default the model's pad token, else its end-
+                of-sequence token.
             method (Literal['prefix'] | Unset):  Default: 'prefix'.
             num_virtual_tokens (int | Unset):  Default: 16.
     """
@@ -74,6 +77,7 @@ class PrefixFinetuneConfig:
     task: PrefixFinetuneConfigTask | Unset = PrefixFinetuneConfigTask.AUTO
     num_labels: int | None | Unset = UNSET
     head: PrefixFinetuneConfigHead | Unset = PrefixFinetuneConfigHead.AUTO
+    pad_token_id: int | None | Unset = UNSET
     method: Literal["prefix"] | Unset = "prefix"
     num_virtual_tokens: int | Unset = 16
 
@@ -156,6 +160,12 @@ class PrefixFinetuneConfig:
         if not isinstance(self.head, Unset):
             head = self.head.value
 
+        pad_token_id: int | None | Unset
+        if isinstance(self.pad_token_id, Unset):
+            pad_token_id = UNSET
+        else:
+            pad_token_id = self.pad_token_id
+
         method = self.method
 
         num_virtual_tokens = self.num_virtual_tokens
@@ -207,6 +217,8 @@ class PrefixFinetuneConfig:
             field_dict["num_labels"] = num_labels
         if head is not UNSET:
             field_dict["head"] = head
+        if pad_token_id is not UNSET:
+            field_dict["pad_token_id"] = pad_token_id
         if method is not UNSET:
             field_dict["method"] = method
         if num_virtual_tokens is not UNSET:
@@ -330,6 +342,15 @@ class PrefixFinetuneConfig:
         else:
             head = PrefixFinetuneConfigHead(_head)
 
+        def _parse_pad_token_id(data: object) -> int | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(int | None | Unset, data)
+
+        pad_token_id = _parse_pad_token_id(d.pop("pad_token_id", UNSET))
+
         method = cast(Literal["prefix"] | Unset, d.pop("method", UNSET))
         if method != "prefix" and not isinstance(method, Unset):
             raise ValueError(f"method must match const 'prefix', got '{method}'")
@@ -358,6 +379,7 @@ class PrefixFinetuneConfig:
             task=task,
             num_labels=num_labels,
             head=head,
+            pad_token_id=pad_token_id,
             method=method,
             num_virtual_tokens=num_virtual_tokens,
         )

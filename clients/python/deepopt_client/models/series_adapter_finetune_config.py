@@ -49,6 +49,9 @@ class SeriesAdapterFinetuneConfig:
             head (SeriesAdapterFinetuneConfigHead | Unset): Hugging Face models: `new` puts a fresh
                 classification/regression head on the base; `auto` keeps a head that fits the labels and adds one otherwise.
                 Default: SeriesAdapterFinetuneConfigHead.AUTO.
+            pad_token_id (int | None | Unset): Hugging Face decoders (GPT-2, Llama, Qwen2): the token id that pads the rows,
+                for a classification head that reads each row's last other token; default the model's pad token, else its end-
+                of-sequence token.
             bottleneck_size (int | Unset): Width of the down-projection. Default: 64.
             scaling (float | Unset): Factor on the adapter's output (parallel adapters). Default: 1.0.
             target_modules (list[str] | None | Unset): Linear layers to adapt; default per architecture.
@@ -76,6 +79,7 @@ class SeriesAdapterFinetuneConfig:
     task: SeriesAdapterFinetuneConfigTask | Unset = SeriesAdapterFinetuneConfigTask.AUTO
     num_labels: int | None | Unset = UNSET
     head: SeriesAdapterFinetuneConfigHead | Unset = SeriesAdapterFinetuneConfigHead.AUTO
+    pad_token_id: int | None | Unset = UNSET
     bottleneck_size: int | Unset = 64
     scaling: float | Unset = 1.0
     target_modules: list[str] | None | Unset = UNSET
@@ -160,6 +164,12 @@ class SeriesAdapterFinetuneConfig:
         if not isinstance(self.head, Unset):
             head = self.head.value
 
+        pad_token_id: int | None | Unset
+        if isinstance(self.pad_token_id, Unset):
+            pad_token_id = UNSET
+        else:
+            pad_token_id = self.pad_token_id
+
         bottleneck_size = self.bottleneck_size
 
         scaling = self.scaling
@@ -222,6 +232,8 @@ class SeriesAdapterFinetuneConfig:
             field_dict["num_labels"] = num_labels
         if head is not UNSET:
             field_dict["head"] = head
+        if pad_token_id is not UNSET:
+            field_dict["pad_token_id"] = pad_token_id
         if bottleneck_size is not UNSET:
             field_dict["bottleneck_size"] = bottleneck_size
         if scaling is not UNSET:
@@ -349,6 +361,15 @@ class SeriesAdapterFinetuneConfig:
         else:
             head = SeriesAdapterFinetuneConfigHead(_head)
 
+        def _parse_pad_token_id(data: object) -> int | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(int | None | Unset, data)
+
+        pad_token_id = _parse_pad_token_id(d.pop("pad_token_id", UNSET))
+
         bottleneck_size = d.pop("bottleneck_size", UNSET)
 
         scaling = d.pop("scaling", UNSET)
@@ -396,6 +417,7 @@ class SeriesAdapterFinetuneConfig:
             task=task,
             num_labels=num_labels,
             head=head,
+            pad_token_id=pad_token_id,
             bottleneck_size=bottleneck_size,
             scaling=scaling,
             target_modules=target_modules,

@@ -18,9 +18,11 @@ class StudentConfig:
     * `keep_every: k` keeps every k-th layer of a transformer encoder (Hugging Face BERT family, or the largest
       stack of identical blocks of a plain torch encoder), initialised from the teacher's layers as DistilBERT
       (Sanh et al., 2019, https://arxiv.org/abs/1910.01108); the last layer is always kept.
-    * `width_ratio: w` keeps the fraction w of the hidden and feed-forward units of a BERT-family model, or of the
-      channels and neurons of a CNN/MLP, choosing the most important units (weight norms, as Li et al., 2017,
-      https://arxiv.org/abs/1608.08710) and starting from their weights.
+    * `width_ratio: w` keeps the fraction w of the hidden and feed-forward units of a BERT-family model with a
+      task head, of the feed-forward units of other transformers (ViT, Llama, Qwen2, Mistral, DistilBERT, and a
+      headless encoder, whose hidden size stays), or of the channels and neurons of a CNN/MLP program (through
+      BatchNorms and depthwise convs; residual streams stay whole), choosing the most important units (weight
+      norms, as Li et al., 2017, https://arxiv.org/abs/1608.08710) and starting from their weights.
 
     Both may be combined; `init: random` re-initialises the derived student (training from scratch).
 
