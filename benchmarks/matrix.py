@@ -440,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", metavar="VARIANT",
                         help=f"pass variants or types: {[v.name for v in VARIANTS]}")
     parser.add_argument("--outputs", nargs="+", choices=OUTPUT_FORMATS, help="output formats to run")
+    parser.add_argument("--cells", nargs="+", metavar="CELL_ID",
+                        help="only these cells (ids as in the results: arch/upload/variant/output), e.g. to rerun "
+                             "the ones a run left failed")
     parser.add_argument("--render", action="store_true", help="only rewrite the markdown from the results file")
     parser.add_argument("--cache-dir", type=Path, default=mm.DEFAULT_CACHE)
     parser.add_argument("--results", type=Path, default=RESULTS_JSON,
@@ -452,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render:
         cells = select(fast_cells() if args.slice == "fast" else all_cells(), args.only, args.uploads,
                        args.variants, args.outputs)
+        if args.cells:
+            unknown = set(args.cells) - {cell.id for cell in cells}
+            if unknown:
+                parser.error(f"no such cells (or outside the other filters): {sorted(unknown)[:5]}")
+            cells = [cell for cell in cells if cell.id in set(args.cells)]
         started = datetime.now(UTC)
         base = previous
         run: dict[str, Any] = {
@@ -459,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             "finished_at": None, "commit": commit_hash(), "slice": args.slice,
             "only": [f"{name}={','.join(values)}" for name, values in (
                 ("only", args.only), ("uploads", args.uploads), ("variants", args.variants),
-                ("outputs", args.outputs)) if values],
+                ("outputs", args.outputs), ("cells", args.cells)) if values],
             "cells": 0, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
         done: dict[str, dict[str, Any]] = {}
 
