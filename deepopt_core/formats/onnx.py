@@ -113,13 +113,16 @@ def export_to_onnx(module: Any, path: str | Path, example: dict[str, np.ndarray]
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                kwargs: dict[str, Any] = {"dynamic_axes": axes} if not dynamo else {"dynamic_shapes": None}
-                if dynamo and axes:
-                    kwargs = {"dynamic_shapes": _dynamo_shapes(used_inputs, axes, args), "optimize": True}
-                torch.onnx.export(
-                    subject if not dynamo else module, args, str(path), input_names=names,
-                    output_names=output_names, opset_version=opset, dynamo=dynamo, **kwargs,
-                )  # fmt: skip
+                if dynamo:
+                    shapes = _dynamo_shapes(used_inputs, axes, args) if axes else None
+                    program = torch.onnx.export(module, args, input_names=names, opset_version=opset, dynamo=True,
+                                                dynamic_shapes=shapes)
+                    assert program is not None  # dynamo=True returns the ONNXProgram
+                    _name_outputs(program.model, output_names)
+                    program.save(str(path), external_data=True)
+                else:
+                    torch.onnx.export(subject, args, str(path), input_names=names, output_names=output_names,
+                                      opset_version=opset, dynamo=False, dynamic_axes=axes)
             model = onnx.load(str(path))
             log.info("exported to ONNX with the %s exporter (opset %d)", "dynamo" if dynamo else "legacy", opset)
             return model
@@ -141,6 +144,34 @@ def computes_with_sizes(module: Any) -> bool:
     return any(node.op == "call_function" and isinstance(node.meta.get("val"), torch.SymInt | torch.SymFloat
                                                           | torch.SymBool)
                for node in module.graph.nodes)
+
+
+def _name_outputs(model: Any, names: list[str]) -> None:
+    """Name the outputs of a dynamo export's graph (an ``onnx_ir`` model) `names`.
+
+    The exporter names inner values after the program's nodes, and a .pt2's outputs are named after its last
+    nodes: once a pass appended nodes (an adapter after the classifier), a wanted name is an inner value's, and
+    torch's own renaming (``output_names``) writes it twice, which the ONNX checker refuses. That value is
+    renamed first.
+    """
+    from onnxscript import ir
+
+    graph = model.graph
+    values = [*graph.inputs, *graph.initializers.values(),
+              *(value for node in ir.traversal.RecursiveGraphIterator(graph) for value in node.outputs)]
+    taken = {value.name for value in values}
+    for output, name in zip(graph.outputs, names, strict=True):
+        if output.name == name:
+            continue
+        for value in values:
+            if value.name == name and value is not output:
+                suffix = 1
+                while f"{name}_{suffix}" in taken:
+                    suffix += 1
+                value.name = f"{name}_{suffix}"
+                taken.add(value.name)
+        output.name = name
+        taken.add(name)
 
 
 def _dynamo_shapes(inputs: list[TensorInfo], axes: dict[str, dict[int, str]], args: tuple[Any, ...]) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,3 +104,29 @@ def test_a_dataset_longer_than_the_programs_sequence_range_is_refused() -> None:
     longer = torch.ones(1, mm.MAX_SEQUENCE + 1, dtype=torch.int64)
     with pytest.raises(AssertionError, match=f"<= {mm.MAX_SEQUENCE}"):
         load_torch_export(pt2)(longer, longer, torch.zeros_like(longer))
+
+
+def test_a_pt2_with_a_node_after_its_output_keeps_the_output_name_once(tmp_path: Path) -> None:
+    """An adapter after ViT's classifier: the output keeps the .pt2's name (``linear_12``), which the dynamo
+    exporter also gives the classifier's value inside the graph; written twice, the ONNX checker refused it."""
+    import onnx
+    import torch
+
+    arch = mm.BY_NAME["vit"]
+    pt2 = mm.model_file(arch, "torch_export")
+    info = inspect_torch_export(pt2)
+    module: Any = load_torch_export(pt2)  # a torch.fx GraphModule
+    output = next(node for node in module.graph.nodes if node.op == "output")
+    last = output.args[0][0]
+    with module.graph.inserting_after(last):
+        scaled = module.graph.call_function(torch.ops.aten.mul.Tensor, (last, 2.0))
+    output.args = ((scaled,),)
+    module.recompile()
+    names = [t.name for t in info.outputs]
+    exported = export_to_onnx(module, tmp_path / "exported.onnx", mm.example_inputs(arch), info.inputs,
+                              output_names=names)
+    onnx.checker.check_model(exported)
+    assert [o.name for o in exported.graph.output] == names == [last.name]
+    feeds = mm.example_inputs(arch, rows=1, seed=1)
+    got = inference_session(str(tmp_path / "exported.onnx")).run(None, feeds)
+    np.testing.assert_allclose(got[0], run_module(module, feeds, ["pixel_values"])[0], rtol=1e-3, atol=1e-4)
