@@ -225,7 +225,7 @@ def derive(core: nn.Module, keep_every: int | None, width_ratio: float | None, i
             facts["ffn_widths"] = shrink_units(student, width_ratio, kinds=("ffn",))
             structured.update_hf_config(student)
         else:
-            facts["widths"] = shrink_units(student, width_ratio)
+            facts["widths"] = shrink_units(student, width_ratio, kinds=("neurons", "channels", "ffn"))
     if init == "random":
         torch.manual_seed(seed)
         reinitialise(student)

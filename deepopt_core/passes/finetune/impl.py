@@ -164,6 +164,16 @@ def attach_method(spec: Any, core: Any, hf: bool) -> tuple[Any, Any, dict[str, A
             bits = 8 if spec.base_quantization == "int8" else 4
             detail["quantized_base_layers"] = len(ad.quantize_base(core, bits, heads))
         targets = _targets(spec, core, hf, "lora")
+        # PEFT adapts a grouped conv (a depthwise one) only when the rank is a multiple of its groups; the others
+        # stay frozen and are listed, instead of failing the job.
+        grouped = {n: int(getattr(core.get_submodule(n), "groups", 1)) for n in targets}
+        left = {n: f"groups={g} does not divide the rank r={spec.r}" for n, g in grouped.items() if spec.r % g}
+        targets = [n for n in targets if n not in left]
+        if not targets:
+            raise PassFailed(f"finetune: LoRA can adapt none of the layers {sorted(left)[:6]}: "
+                             f"{next(iter(left.values()))}")
+        if left:
+            detail["left_frozen"] = left
         base_copy = copy.deepcopy(core)
         text_head = hf and bool(heads) and type(core).__name__.endswith("ForSequenceClassification")
         config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
