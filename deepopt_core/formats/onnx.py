@@ -22,6 +22,7 @@ from deepopt_core.specs import TensorInfo
 
 log = logging.getLogger("deepopt.formats")
 _TWO_GB = 2**31 - 1
+DYNAMO_OPSET = 18  # the lowest opset torch's dynamo exporter writes; it converts its graph to a lower one asked for
 
 
 def load_onnx_model(path: str | Path) -> onnx.ModelProto:
@@ -115,9 +116,7 @@ def export_to_onnx(module: Any, path: str | Path, example: dict[str, np.ndarray]
                 warnings.simplefilter("ignore")
                 if dynamo:
                     shapes = _dynamo_shapes(used_inputs, axes, args) if axes else None
-                    program = torch.onnx.export(module, args, input_names=names, opset_version=opset, dynamo=True,
-                                                dynamic_shapes=shapes)
-                    assert program is not None  # dynamo=True returns the ONNXProgram
+                    program = _dynamo_export(module, args, names, opset, shapes)
                     _name_outputs(program.model, output_names)
                     program.save(str(path), external_data=True)
                 else:
@@ -144,6 +143,27 @@ def computes_with_sizes(module: Any) -> bool:
     return any(node.op == "call_function" and isinstance(node.meta.get("val"), torch.SymInt | torch.SymFloat
                                                           | torch.SymBool)
                for node in module.graph.nodes)
+
+
+def _dynamo_export(module: Any, args: tuple[Any, ...], names: list[str], opset: int, shapes: Any) -> Any:
+    """The dynamo exporter's ONNXProgram at `opset`, or at its own lowest opset when torch's conversion down to
+    `opset` writes a graph the ONNX checker refuses (onnx's version converter keeps ``Split``'s opset-18
+    ``num_outputs`` in an opset-17 graph); the opset written is in the graph, and the export pass reports it."""
+    import torch
+
+    program = torch.onnx.export(module, args, input_names=names, opset_version=opset, dynamo=True,
+                                dynamic_shapes=shapes)
+    assert program is not None  # dynamo=True returns the ONNXProgram
+    if opset >= DYNAMO_OPSET:
+        return program
+    try:
+        onnx.checker.check_model(program.model_proto)
+        return program
+    except onnx.checker.ValidationError as exc:
+        log.warning("the dynamo export converted to opset %d fails the ONNX checker (%s); keeping opset %d", opset,
+                    str(exc).splitlines()[0][:200], DYNAMO_OPSET)
+    return torch.onnx.export(module, args, input_names=names, opset_version=DYNAMO_OPSET, dynamo=True,
+                             dynamic_shapes=shapes)
 
 
 def _name_outputs(model: Any, names: list[str]) -> None:

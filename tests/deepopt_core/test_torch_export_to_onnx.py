@@ -130,3 +130,20 @@ def test_a_pt2_with_a_node_after_its_output_keeps_the_output_name_once(tmp_path:
     feeds = mm.example_inputs(arch, rows=1, seed=1)
     got = inference_session(str(tmp_path / "exported.onnx")).run(None, feeds)
     np.testing.assert_allclose(got[0], run_module(module, feeds, ["pixel_values"])[0], rtol=1e-3, atol=1e-4)
+
+
+def test_a_pt2_the_dynamo_exporter_cannot_convert_to_opset_17_is_exported_at_18(tmp_path: Path) -> None:
+    """GPT-2's attention splits with opset 18's ``Split(num_outputs)``, which onnx's converter keeps in an opset-17
+    graph that the ONNX checker refuses: the export keeps opset 18 (the export pass says so)."""
+    import onnx
+
+    arch = mm.BY_NAME["gpt2"]
+    pt2 = mm.model_file(arch, "torch_export")
+    info = inspect_torch_export(pt2)
+    module = load_torch_export(pt2)
+    exported = export_to_onnx(module, tmp_path / "exported.onnx", mm.example_inputs(arch), info.inputs, opset=17)
+    onnx.checker.check_model(exported)
+    assert {o.version for o in exported.opset_import if o.domain in ("", "ai.onnx")} == {18}
+    feeds = {name: value[:, :8] for name, value in mm.example_inputs(arch, rows=1, seed=1).items()}
+    got = inference_session(str(tmp_path / "exported.onnx")).run(None, feeds)
+    np.testing.assert_allclose(got[0], run_module(module, feeds, list(arch.input_names))[0], rtol=1e-3, atol=1e-4)

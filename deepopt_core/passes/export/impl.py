@@ -73,6 +73,9 @@ def apply_torch(spec: ExportConfig | None, model: Any, ctx: PassContext) -> onnx
     if diff > TOLERANCE * max(1.0, max(float(np.abs(e).max()) for e in expected if np.size(e))):
         ctx.warn(f"export: ONNX Runtime outputs differ from PyTorch by up to {diff:.3g}")
     opset = next((o.version for o in exported.opset_import if o.domain in ("", "ai.onnx")), spec.opset)
+    if opset != spec.opset:
+        ctx.warn(f"export: the graph is opset {opset}, not {spec.opset}: the dynamo exporter writes opset {opset} "
+                 f"at the least and could not convert this graph to {spec.opset}")
     ctx.decisions.update({
         "format": "onnx", "opset": opset, "dynamic_batch": spec.dynamic_batch,
         "inputs": [i.name for i in exported.graph.input], "outputs": [o.name for o in exported.graph.output],
