@@ -309,6 +309,9 @@ def _constant(node: Any, modules: Mapping[str, nn.Module], depth: int = 0) -> to
     Pad's pads from Constant nodes), or None if it reads an input."""
     if not isinstance(node, torch.fx.Node):
         return node if isinstance(node, torch.Tensor) else None
+    if node.op == "get_attr":  # an initializer
+        value: Any = _get(modules[""], str(node.target))
+        return value.detach() if isinstance(value, torch.Tensor) else None
     if node.op != "call_module" or depth > 32:
         return None
     module = modules[str(node.target)]
@@ -318,8 +321,8 @@ def _constant(node: Any, modules: Mapping[str, nn.Module], depth: int = 0) -> to
     if any(arg is None for arg in args):
         return None
     with torch.no_grad():
-        value = module(*args)
-    return value if isinstance(value, torch.Tensor) else None
+        result = module(*args)
+    return result if isinstance(result, torch.Tensor) else None
 
 
 def _pads_spatial_module(node: torch.fx.Node, module: nn.Module, modules: Mapping[str, nn.Module]) -> bool:
@@ -344,6 +347,68 @@ def _pads_spatial_dims(node: torch.fx.Node, conv: Any) -> bool:
         return False
     pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
     return isinstance(pad, (list, tuple)) and len(pad) <= 2 * (conv.weight.dim() - 2)
+
+
+# Element-wise ops of an activation written out op by op: onnx2torch modules by class name, and FX/aten calls.
+_ELEMENTWISE_ONNX = {"OnnxErf", "OnnxBinaryMathOperation", "OnnxSigmoid", "OnnxTanh", "OnnxHardSigmoid"}
+_ELEMENTWISE_ATEN = {f"aten.{op}.{kind}" for op in ("add", "mul", "sub", "div") for kind in ("Tensor", "Scalar")} | {
+    "aten.erf.default", "aten.sigmoid.default", "aten.tanh.default"}
+
+
+def _is_scalar(arg: Any, modules: Mapping[str, nn.Module]) -> bool:
+    if isinstance(arg, (int, float)):
+        return True
+    value = _constant(arg, modules) if isinstance(arg, torch.fx.Node) else None
+    return value is not None and value.numel() == 1
+
+
+def _elementwise(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        module = modules[str(node.target)]
+        return isinstance(module, _PASS_MODULES) or type(module).__name__ in _ELEMENTWISE_ONNX
+    if node.op == "call_function":
+        return (node.target in _PASS_FUNCTIONS or str(node.target) in _PASS_ATEN
+                or str(node.target) in _ELEMENTWISE_ATEN or getattr(node.target, "__name__", "") in (
+                    "add", "mul", "sub", "truediv", "erf"))
+    return False
+
+
+def _elementwise_tail(start: torch.fx.Node, modules: Mapping[str, nn.Module], limit: int = 12
+                      ) -> torch.fx.Node | None:
+    """The one node where an element-wise region fed by `start` ends (``x * 0.5 * (1 + erf(x / sqrt(2)))``: a
+    GELU as the ONNX exporter writes it), if every op on the way is element-wise, reads only the region and
+    scalars, and nothing else reads the region; None otherwise."""
+    region: set[torch.fx.Node] = set()
+    frontier = list(start.users)
+    while frontier:
+        node = frontier.pop()
+        if node in region or not _elementwise(node, modules):
+            continue  # past the region's end: a reader of its tail, checked below
+        if len(region) >= limit or not all(
+                arg is start or arg in region or _is_scalar(arg, modules) or _feeds(arg, start)
+                for arg in node.args):
+            return None
+        region.add(node)
+        frontier.extend(node.users)
+    if any(user not in region for user in start.users):
+        return None
+    tails = [node for node in region if any(user not in region for user in node.users)]
+    if len(tails) != 1 or any(user in region for user in tails[0].users):
+        return None
+    return tails[0]
+
+
+def _feeds(arg: Any, start: torch.fx.Node) -> bool:
+    """Whether `arg` is computed from `start` (a region node not visited yet)."""
+    seen = 0
+    stack = [arg] if isinstance(arg, torch.fx.Node) else []
+    while stack and seen < 32:
+        current = stack.pop()
+        seen += 1
+        if current is start:
+            return True
+        stack.extend(a for a in current.args if isinstance(a, torch.fx.Node))
+    return False
 
 
 def _is_depthwise(conv: Any, channels: int) -> bool:
@@ -379,7 +444,13 @@ def _traced_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
         consumer = None
         while True:
             users = list(current.users)
-            if len(users) != 1:
+            if len(users) > 1:  # an activation written out op by op (a converted ONNX GELU): walk to its end
+                tail = _elementwise_tail(current, modules)
+                if tail is None:
+                    break
+                current = tail
+                continue
+            if not users:
                 break
             user = users[0]
             if not user.args or user.args[0] is not current:

@@ -171,3 +171,45 @@ def test_a_legacy_onnx_mobilenet_v2_is_pruned_through_its_computed_pads() -> Non
     for group in groups:
         structured.apply_group(module, group, keep[group.name])
     assert torch.allclose(module(torch.from_numpy(x)), before, atol=1e-5)
+
+
+class _WrittenOutGelu(nn.Module):
+    """Linear -> GELU written op by op (as the ONNX exporters write it) -> Linear; `residual` also reads fc1."""
+
+    def __init__(self, residual: bool) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head, self.residual = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3), residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        g = h * 0.5 * (1.0 + torch.erf(h / 1.4142135))
+        out = self.fc2(g)
+        return self.head(out + h if self.residual else out)
+
+
+def test_an_activation_written_op_by_op_joins_a_group_unless_something_else_reads_it() -> None:
+    torch.manual_seed(0)
+    assert [(g.name, g.consumers) for g in structured.find_unit_groups(_WrittenOutGelu(False))] == [
+        ("fc1", ["fc2"]), ("fc2", ["head"])]
+    assert [g.name for g in structured.find_unit_groups(_WrittenOutGelu(True))] == []  # fc1 feeds the add too
+
+
+@pytest.mark.parametrize("upload", ["onnx", "onnx_dynamo"])
+def test_convnext_onnx_exports_have_their_ffn_groups(upload: str) -> None:
+    """ConvNeXt's pointwise FFN (pwconv1 -> GELU -> pwconv2) in both exporters' ONNX, converted to torch."""
+    import onnx
+
+    from benchmarks import matrix_models as mm
+    from deepopt_core.formats.onnx_torch import onnx_to_torch
+
+    arch = next(a for a in mm.ARCHITECTURES if a.name == "convnext")
+    model = onnx.load(str(mm.model_file(arch, upload)))
+    name = model.graph.input[0].name
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    module, _ = onnx_to_torch(model, {name: x}, [name])
+    groups = structured.find_unit_groups(module)
+    assert [(g.kind, g.size) for g in groups] == [("neurons", 64), ("neurons", 128)]  # 4x the stages' 16, 32
+    keep = structured.choose_units(groups, structured.unit_importance(module, groups, "magnitude"), 0.5)
+    for group in groups:
+        structured.apply_group(module, group, keep[group.name])
+    assert module(torch.from_numpy(np.concatenate([x, x[:1]]))).shape[0] == 3
