@@ -36,7 +36,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 log = logging.getLogger("deepopt.matrix")
 
-BUILD_VERSION = "3"
+BUILD_VERSION = "4"
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / ".deepopt" / "matrix-cache"
 
@@ -93,8 +93,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("mobilenet_v2", "cnn", "MobileNetV2ForImageClassification",
                  {"num_channels": 3, "image_size": IMAGE_SIZE, "depth_multiplier": 0.35, "num_labels": NUM_LABELS}),
     Architecture("convnext", "cnn", "ConvNextForImageClassification",
-                 {"num_channels": 3, "hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2,
-                  "num_labels": NUM_LABELS}),
+                 {"num_channels": 3, "image_size": IMAGE_SIZE, "hidden_sizes": [16, 32], "depths": [1, 1],
+                  "num_stages": 2, "num_labels": NUM_LABELS}),
     Architecture("efficientnet", "cnn", "EfficientNetForImageClassification",
                  {"num_channels": 3, "image_size": IMAGE_SIZE, "width_coefficient": 0.25, "depth_coefficient": 0.25,
                   "hidden_dim": 320, "num_labels": NUM_LABELS}),

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deepopt_core.passes.base import PassConfig, SubmitContext
-from deepopt_core.passes.prune.layouts import BERT_FAMILY, FFN_MODEL_TYPES
+from deepopt_core.passes.prune.layouts import BERT_FAMILY, FFN_MODEL_TYPES, TRACED_UNITS
 
 Problems = list[tuple[tuple[str | int, ...], str]]
 
@@ -266,8 +266,9 @@ class StructuredPruneConfig(_PruneBase):
         wanted = set(self.units or found)
         if not found:
             problems.append((("method",), "the model has no prunable structure: structured pruning needs two "
-                             "consecutive Linear/Conv layers (a .pt2 or ONNX upload), attention/FFN blocks of a "
-                             f"BERT-family model, or the FFN blocks of {sorted(FFN_MODEL_TYPES)} models"))
+                             "consecutive Linear/Conv layers (a .pt2 or ONNX upload, or a Hugging Face "
+                             f"{sorted(TRACED_UNITS)}), attention/FFN blocks of a BERT-family model, or the FFN "
+                             f"blocks of {sorted(FFN_MODEL_TYPES)} models"))
         elif wanted - found:
             problems.append((("units",), f"the model has no {sorted(wanted - found)} to prune; it has "
                              f"{sorted(found)}"))
@@ -282,6 +283,8 @@ class StructuredPruneConfig(_PruneBase):
             kind = details.get("model_type") if isinstance(details, dict) else None
             if kind in BERT_FAMILY:
                 return {"heads", "ffn"}
+            if kind in TRACED_UNITS:
+                return set(TRACED_UNITS[str(kind)])
             return {"ffn"} if kind in FFN_MODEL_TYPES else set()
         ops = model.get("op_types") or {}
         if not isinstance(ops, dict):
@@ -296,6 +299,9 @@ class StructuredPruneConfig(_PruneBase):
         return found
 
     def output_problem(self, output_format: str) -> str | None:
+        if output_format == "hf" and set(self.units or []) & {"channels", "neurons"}:
+            return ("structured pruning of channels or neurons changes layer widths that a Hugging Face config "
+                    "does not describe; ask for 'onnx', 'torchscript' or 'torch_export' output")
         if output_format == "hf" and (self.scope == "global" or set(self.units or ["heads"]) & {"heads"}):
             return ("structured pruning of attention heads (or with scope 'global') leaves layers of different "
                     "shapes, which a Hugging Face config cannot describe; ask for 'onnx', 'torchscript' or "

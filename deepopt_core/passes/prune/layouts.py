@@ -29,3 +29,10 @@ FFN_LAYOUTS = (
     FFNLayout(("intermediate.dense",), "output.dense", "intermediate_size", frozenset()),  # BERT-like naming
 )
 FFN_MODEL_TYPES = frozenset().union(*(layout.model_types for layout in FFN_LAYOUTS))
+
+# Hugging Face CNNs whose exported graph holds Conv/Linear chains structured pruning rebuilds, with the unit kinds
+# found there (measured on transformers' classes: EfficientNet's squeeze-excitation reads every expansion twice,
+# so it has none).
+TRACED_UNITS: dict[str, frozenset[str]] = {
+    "resnet": frozenset({"channels"}), "mobilenet_v2": frozenset({"channels"}), "convnext": frozenset({"neurons"}),
+}

@@ -415,9 +415,46 @@ def _is_depthwise(conv: Any, channels: int) -> bool:
     return bool(conv.groups == conv.in_channels == conv.out_channels == channels)
 
 
-def _traced_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
+def _exported_graph(root: nn.Module, example: Mapping[str, torch.Tensor]) -> torch.fx.GraphModule | None:
+    """The lifted graph of `root` exported on `example` (in eval mode, so batch norms use their statistics):
+    its Linear/Conv/BatchNorm modules carry `root`'s module names, so the groups found in it apply to `root`."""
+    from deepopt_core.passes.finetune.modules import lift
+
+    was = root.training
+    root.eval()
+    try:
+        program = torch.export.export(root, (), kwargs=dict(example), strict=False)
+    except Exception as exc:  # noqa: BLE001 (any export failure means: no traced chains)
+        log.info("structured: the model cannot be exported to find its chains (%s)", exc)
+        return None
+    finally:
+        root.train(was)
+    graph_module: Any = lift(program.module())
+    return graph_module  # type: ignore[no-any-return]
+
+
+def example_inputs(root: nn.Module, data: Sequence[Batch] | None) -> dict[str, torch.Tensor] | None:
+    """Inputs to export `root` on, to find the chains of a model ``torch.fx`` cannot trace (a Hugging Face one):
+    two rows of the first batch (the forward's own arguments, not labels), or random pixels of the size a
+    vision config names."""
+    import inspect
+
+    params = inspect.signature(root.forward).parameters
+    if data:
+        return {k: v[:2] for k, v in data[0].items() if k in params and k != "labels" and torch.is_tensor(v)}
+    config = getattr(root, "config", None)
+    if config is not None and getattr(root, "main_input_name", None) == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        size = size if isinstance(size, int) else 224
+        return {"pixel_values": torch.randn(2, int(getattr(config, "num_channels", 3)), size, size)}
+    return None
+
+
+def _traced_groups(root: nn.Module, claimed: set[str], example: Mapping[str, torch.Tensor] | None = None
+                   ) -> list[UnitGroup]:
     """Linear->Linear and Conv->[BN]->[depthwise Conv->[BN]]...->Conv/Linear chains of a module that ``torch.fx``
-    can trace (or a ``torch.export`` graph, lifted)."""
+    can trace, of a ``torch.export`` graph (lifted), or of the graph of `root` exported on `example`."""
+    graph_root: nn.Module = root
     if isinstance(root, torch.fx.GraphModule):  # a torch.export program: its graph already holds the chains
         graph = root.graph
     else:
@@ -425,8 +462,11 @@ def _traced_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
             graph = torch.fx.symbolic_trace(root).graph
         except Exception as exc:  # noqa: BLE001 (any tracing failure means: no traced chains)
             log.debug("structured: torch.fx cannot trace the model (%s)", exc)
-            return []
-    modules = dict(root.named_modules())
+            exported = _exported_graph(root, example) if example else None
+            if exported is None:
+                return []
+            graph_root, graph = exported, exported.graph
+    modules = dict(graph_root.named_modules())
     groups = []
     for node in graph.nodes:
         if node.op != "call_module" or node.target in claimed:
@@ -512,6 +552,7 @@ def find_unit_groups(
     targets: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     keep_head: bool = True,
+    example: Mapping[str, torch.Tensor] | None = None,
 ) -> list[UnitGroup]:
     """The prunable unit groups of a model, in model order.
 
@@ -524,6 +565,7 @@ def find_unit_groups(
         targets: names/globs a group's name or one of its producers must match (None: all).
         exclude: names/globs of groups or producers to leave alone.
         keep_head: never remove outputs of the classifier head (its inputs may still shrink).
+        example: inputs to export the model on when ``torch.fx`` cannot trace it (see :func:`example_inputs`).
     """
     root = unwrap(model)
     wanted = set(kinds or UNIT_KINDS)
@@ -534,7 +576,7 @@ def find_unit_groups(
         groups += _ffn_groups(root, {p for g in groups for p in g.producers})
     claimed = {p for g in groups for p in g.producers + g.consumers}
     if {"neurons", "channels"} & wanted and not bert_layers(root) and not _ffn_layers(root):
-        groups += _traced_groups(root, claimed)
+        groups += _traced_groups(root, claimed, example)
     heads = head_layers(root) if keep_head else set()
     selected = []
     for group in groups:
@@ -1115,7 +1157,8 @@ def structured_prune(
     params_before = count_parameters(root)
     spec = FineTune.from_config(fine_tune)
     needs_teacher = reconstruct or (spec is not None and spec.epochs > 0 and spec.method != "task")
-    groups = find_unit_groups(root, kinds=kinds, targets=targets, exclude=exclude, keep_head=keep_head)
+    groups = find_unit_groups(root, kinds=kinds, targets=targets, exclude=exclude, keep_head=keep_head,
+                              example=example_inputs(root, data or train_data))
     if not groups:
         raise ValueError("no prunable unit groups found (consecutive Linear/Conv pairs, attention heads, FFN)")
     teacher = snapshot(model) if needs_teacher else None

@@ -213,3 +213,38 @@ def test_convnext_onnx_exports_have_their_ffn_groups(upload: str) -> None:
     for group in groups:
         structured.apply_group(module, group, keep[group.name])
     assert module(torch.from_numpy(np.concatenate([x, x[:1]]))).shape[0] == 3
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2", "convnext"])
+def test_transformers_cnns_are_pruned_along_the_chains_of_their_exported_graph(name: str) -> None:
+    """torch.fx cannot trace transformers' models; their chains are found in the graph torch.export gives (on
+    pixels of the config's size, or the first calibration batch), whose modules carry the model's own names."""
+    from tests.fixtures.hf_architectures import build_architecture
+
+    model = build_architecture(name)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(pixel_values=pixels)
+    report = structured.structured_prune(model, 0.5, importance="magnitude")
+    assert report.groups and report.params_after < report.params_before
+    with torch.no_grad():
+        after = model(pixel_values=torch.randn(3, 3, 32, 32))
+    key = "logits" if hasattr(before, "logits") else "pooler_output"
+    assert getattr(after, key).shape[1:] == getattr(before, key).shape[1:]
+
+
+def test_which_transformers_cnns_structured_pruning_takes_is_known_at_submit() -> None:
+    from deepopt_core.passes.base import SubmitContext, check_pass
+    from deepopt_core.passes.prune.config import StructuredPruneConfig
+
+    def hf(kind: str) -> dict[str, object]:
+        return {"format": "hf", "details": {"model_type": kind}}
+
+    assert StructuredPruneConfig.available_units(hf("resnet")) == {"channels"}
+    assert StructuredPruneConfig.available_units(hf("convnext")) == {"neurons"}
+    spec = StructuredPruneConfig.model_validate({"type": "prune", "method": "structured", "sparsity": 0.5})
+    ((loc, message),) = check_pass(spec, SubmitContext(model=hf("efficientnet")))
+    assert loc == ("method",) and "no prunable structure" in message
+    channels = StructuredPruneConfig.model_validate({"type": "prune", "method": "structured", "sparsity": 0.5,
+                                                     "units": ["channels"]})
+    assert "Hugging Face config" in (channels.output_problem("hf") or "") and channels.output_problem("onnx") is None
