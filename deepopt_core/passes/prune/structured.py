@@ -235,11 +235,14 @@ def _bert_groups(root: nn.Module) -> list[UnitGroup]:
     groups = []
     for name, layer in bert_layers(root):
         att: Any = layer.attention.self  # type: ignore[union-attr]
-        head = int(att.attention_head_size)
-        groups.append(UnitGroup("heads", f"{name}.attention.self", att.query.out_features // head,
-                                [f"{name}.attention.self.{p}" for p in ("query", "key", "value")], head,
-                                consumers=[f"{name}.attention.output.dense"], consumer_width=head,
-                                owner=f"{name}.attention.self"))
+        # A torch.export program's layer (lifted) has its Linear layers but reshapes to its head count in the
+        # graph itself: its heads stay, its FFN units can go.
+        head = int(getattr(att, "attention_head_size", 0))
+        if head:
+            groups.append(UnitGroup("heads", f"{name}.attention.self", att.query.out_features // head,
+                                    [f"{name}.attention.self.{p}" for p in ("query", "key", "value")], head,
+                                    consumers=[f"{name}.attention.output.dense"], consumer_width=head,
+                                    owner=f"{name}.attention.self"))
         inter: Any = layer.intermediate.dense  # type: ignore[union-attr]
         groups.append(UnitGroup("ffn", f"{name}.intermediate", inter.out_features, [f"{name}.intermediate.dense"],
                                 consumers=[f"{name}.output.dense"]))

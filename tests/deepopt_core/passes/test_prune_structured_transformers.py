@@ -106,3 +106,20 @@ def test_what_has_no_known_structure_is_refused_at_submit() -> None:
     assert StructuredPruneConfig.available_units(llama) == {"ffn"}
     ((loc, message),) = check_pass(prune, SubmitContext(model=gpt2))
     assert loc == ("method",) and "llama" in message
+
+
+def test_a_bert_program_keeps_its_heads_and_loses_ffn_units() -> None:
+    """A torch.export program of a BERT layer (lifted) reshapes to its head count in the graph: its heads stay
+    (it failed on the missing `attention_head_size`), its FFN units go."""
+    from deepopt_core.passes.finetune.modules import lift
+
+    model = build_architecture("bert")
+    ids = torch.randint(3, 60, (2, 12))
+    sequence = torch.export.Dim("sequence", min=2, max=32)
+    program = torch.export.export(model, (), kwargs={"input_ids": ids},
+                                  dynamic_shapes={"input_ids": {1: sequence}}, strict=False)
+    lifted = lift(program.module())
+    groups = structured.find_unit_groups(lifted)
+    assert [g.kind for g in groups] == ["ffn"] and groups[0].size == model.config.intermediate_size
+    structured.apply_group(lifted, groups[0], torch.arange(0, groups[0].size, 2))
+    assert lifted(input_ids=torch.randint(3, 60, (2, 7))).last_hidden_state.shape == (2, 7, model.config.hidden_size)
