@@ -104,6 +104,27 @@ class TrainingConfig(PassConfig):
         return problems
 
 
+def _output_fits_labels(context: SubmitContext, task: str) -> Problems:
+    """A TorchScript or .pt2 model trains on its own output (no head can be put on it): per-row class scores for
+    integer labels (one more dim than the labels), per-row values for float labels."""
+    train = context.train or {}
+    labels = (train.get("arrays") or {}).get("labels")
+    outputs = context.model.get("outputs") or []
+    if not labels or not outputs or not isinstance(outputs[0], dict) or not isinstance(outputs[0].get("shape"), list):
+        return []
+    shape = outputs[0]["shape"]
+    regression = task == "regression" or (task == "auto" and str((train.get("dtypes") or {}).get(
+        "labels", "")).startswith("float"))
+    fits = len(shape) in (len(labels), len(labels) + 1) if regression else len(shape) == len(labels) + 1
+    if fits:
+        return []
+    kind = "values" if regression else "class scores"
+    return [((), f"the model's output {outputs[0].get('name', '')!r} has shape {shape}, not per-row {kind} for "
+             f"labels of shape {labels}: a {context.model.get('format')} model trains on its own output (no "
+             "head can be added to it); export it with its task head, or upload the Hugging Face folder, which "
+             "gets one")]
+
+
 class _FinetuneBase(TrainingConfig):
     type: Literal["finetune"] = "finetune"
     task: Literal["auto", "classification", "regression"] = Field(
@@ -136,6 +157,8 @@ class _FinetuneBase(TrainingConfig):
                              "upload a torch.export (.pt2) or Hugging Face model, or use method 'full'"))
         if self.task == "regression" and (context.train or {}).get("format") == "jsonl":
             problems.append((("task",), "regression needs float `labels` in an .npz training dataset"))
+        if fmt in ("torchscript", "torch_export"):
+            problems += _output_fits_labels(context, self.task)
         return problems
 
     def output_problem(self, fmt: str) -> str | None:
