@@ -467,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             "finished_at": None, "commit": commit_hash(), "slice": args.slice,
             "only": [f"{name}={','.join(values)}" for name, values in (
                 ("only", args.only), ("uploads", args.uploads), ("variants", args.variants),
-                ("outputs", args.outputs), ("cells", args.cells)) if values],
+                ("outputs", args.outputs), ("cells", [f"{len(args.cells)} listed"] if args.cells else None))
+                if values],
             "cells": 0, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
         done: dict[str, dict[str, Any]] = {}
 
