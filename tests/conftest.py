@@ -40,13 +40,11 @@ def reset_app_caches() -> None:
     from app.core.broker import get_sender
     from app.core.config import get_settings
     from app.core.db import get_engine, get_sessionmaker
-    from app.core.reads import loop_sqlite_engine
+    from app.core.reads import dispose_loop_sqlite_engines
 
     if get_engine.cache_info().currsize:
         get_engine().dispose()
-    if loop_sqlite_engine.cache_info().currsize:
-        loop_sqlite_engine().dispose()
-        loop_sqlite_engine.cache_clear()
+    dispose_loop_sqlite_engines()
     for cached in (get_settings, get_engine, get_sessionmaker, get_storage, get_sender):
         cached.cache_clear()
 

@@ -20,7 +20,6 @@ import asyncio
 import sqlite3
 import weakref
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
@@ -37,6 +36,7 @@ from app.core.db import autocommit_connection
 ASYNC_POOL_SIZE = 20
 ASYNC_MAX_OVERFLOW = 20
 _ASYNC_ENGINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = weakref.WeakKeyDictionary()
+_LOOP_SQLITE_ENGINES: dict[str, Engine] = {}
 
 
 def _is_sqlite() -> bool:
@@ -54,19 +54,23 @@ def async_engine() -> AsyncEngine:
     return engine
 
 
-@lru_cache
 def loop_sqlite_engine() -> Engine:
-    """SQLite connections for reads on the event-loop thread: read-only, and failing at once on a lock."""
-    engine = create_engine(get_settings().sqlalchemy_url, connect_args={"timeout": 0, "check_same_thread": False},
-                           pool_size=4, max_overflow=4)
+    """SQLite connections for reads on the event-loop thread: read-only, and failing at once on a lock. One engine
+    per database URL, so that new settings (a new data dir) never read an old database."""
+    url = get_settings().sqlalchemy_url
+    engine = _LOOP_SQLITE_ENGINES.get(url)
+    if engine is None:
+        engine = create_engine(url, connect_args={"timeout": 0, "check_same_thread": False}, pool_size=4,
+                               max_overflow=4)
 
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=0")
-        cursor.execute("PRAGMA query_only=1")
-        cursor.close()
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout=0")
+            cursor.execute("PRAGMA query_only=1")
+            cursor.close()
 
+        _LOOP_SQLITE_ENGINES[url] = engine
     return engine
 
 
@@ -107,6 +111,10 @@ async def dispose_read_engines() -> None:
     engine = _ASYNC_ENGINES.pop(asyncio.get_running_loop(), None)
     if engine is not None:
         await engine.dispose()
-    if loop_sqlite_engine.cache_info().currsize:
-        loop_sqlite_engine().dispose()
-        loop_sqlite_engine.cache_clear()
+    dispose_loop_sqlite_engines()
+
+
+def dispose_loop_sqlite_engines() -> None:
+    """Close the event loop's SQLite connections (they need no loop to close)."""
+    while _LOOP_SQLITE_ENGINES:
+        _LOOP_SQLITE_ENGINES.popitem()[1].dispose()

@@ -106,12 +106,12 @@ def read_job_bodies(url_for: UrlFor, rows: Sequence[tuple[str, int, Any]]) -> tu
     return parts, bodies
 
 
-async def job_bodies(request: Request, rows: Sequence[tuple[str, int, Any]]) -> tuple[list[str], list[bytes]]:
-    """The tags and bodies of jobs given as (id, version, metrics) rows: from the cache when every one is there,
-    else all read whole now."""
+async def job_bodies(request: Request, rows: Sequence[tuple[str, int, Any]], parts: list[str]
+                     ) -> tuple[list[str], list[bytes]]:
+    """The tags and bodies of jobs given as (id, version, metrics) rows with their tags `parts`: from the cache
+    when every one is there, else all read whole now."""
     url_for = download_url_for(request)
     prefix = url_for("")
-    parts = [job_etag_part(job_id, version, metrics) for job_id, version, metrics in rows]
     cached = [JOB_BODIES.get((part, prefix)) for part in parts]
     if all(body is not None for body in cached):
         return parts, [body for body in cached if body is not None]
@@ -137,7 +137,7 @@ async def list_jobs(
     etag = jobs_page_etag(parts, next_cursor)
     if etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
-    parts, bodies = await job_bodies(request, [(row.id, row.version, row.metrics) for row in rows])
+    parts, bodies = await job_bodies(request, [(row.id, row.version, row.metrics) for row in rows], parts)
     # The page as Page[JobRead] would serialise it, from the jobs' serialised bodies, tagged by what is sent.
     content = b'{"items":[' + b",".join(bodies) + b'],"next_cursor":' + json.dumps(next_cursor).encode() + b"}"
     return json_body(content, jobs_page_etag(parts, next_cursor))
@@ -153,10 +153,10 @@ async def read_job(
     if not rows or rows[0].tenant != tenant:
         raise ProblemError(404, f"no job {job_id}", code="not_found")
     row = rows[0]
-    etag = etag_of(job_etag_part(job_id, row.version, row.metrics))
-    if etag_matches(if_none_match, etag):
-        return Response(status_code=304, headers={"ETag": etag})
-    parts, bodies = await job_bodies(request, [(job_id, row.version, row.metrics)])
+    part = job_etag_part(job_id, row.version, row.metrics)
+    if etag_matches(if_none_match, etag_of(part)):
+        return Response(status_code=304, headers={"ETag": etag_of(part)})
+    parts, bodies = await job_bodies(request, [(job_id, row.version, row.metrics)], [part])
     if not bodies:  # deleted between the two reads
         raise ProblemError(404, f"no job {job_id}", code="not_found")
     return json_body(bodies[0], etag_of(parts[0]))

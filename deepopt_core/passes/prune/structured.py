@@ -290,9 +290,9 @@ def _ffn_layers(root: nn.Module) -> list[tuple[str, FFNLayout]]:
     return found
 
 
-def _ffn_groups(root: nn.Module, claimed: set[str]) -> list[UnitGroup]:
+def _ffn_groups(root: nn.Module, layers: list[tuple[str, FFNLayout]], claimed: set[str]) -> list[UnitGroup]:
     groups = []
-    for name, layout in _ffn_layers(root):
+    for name, layout in layers:
         prefix = f"{name}." if name else ""
         producers = [prefix + p for p in layout.producers]
         if set(producers) & claimed:
@@ -575,10 +575,11 @@ def find_unit_groups(
     groups: list[UnitGroup] = []
     if {"heads", "ffn"} & wanted:
         groups += _bert_groups(root) + _encoder_layer_groups(root, wanted)
+    ffn_layers = _ffn_layers(root)
     if "ffn" in wanted:
-        groups += _ffn_groups(root, {p for g in groups for p in g.producers})
+        groups += _ffn_groups(root, ffn_layers, {p for g in groups for p in g.producers})
     claimed = {p for g in groups for p in g.producers + g.consumers}
-    if {"neurons", "channels"} & wanted and not bert_layers(root) and not _ffn_layers(root):
+    if {"neurons", "channels"} & wanted and not bert_layers(root) and not ffn_layers:
         groups += _traced_groups(root, claimed, example)
     heads = head_layers(root) if keep_head else set()
     selected = []
@@ -826,14 +827,14 @@ def _expand(index: torch.Tensor, width: int) -> torch.Tensor:
     return (index.unsqueeze(1) * width + torch.arange(width)).reshape(-1)
 
 
-def _new_like(module: Any, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+def _new_like(module: Any, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1) -> nn.Module:
     new: Any
     if isinstance(module, nn.Linear):
         new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     elif isinstance(module, _CONV):
         conv: Any = module
-        new = type(conv)(weight.shape[1], weight.shape[0], conv.kernel_size, stride=conv.stride,
-                         padding=conv.padding, dilation=conv.dilation, groups=1, bias=bias is not None,
+        new = type(conv)(weight.shape[1] * groups, weight.shape[0], conv.kernel_size, stride=conv.stride,
+                         padding=conv.padding, dilation=conv.dilation, groups=groups, bias=bias is not None,
                          padding_mode=conv.padding_mode)
     else:
         raise TypeError(f"cannot rebuild {type(module).__name__}")
@@ -860,16 +861,8 @@ def _slice_cols(module: Any, cols: torch.Tensor) -> nn.Module:
 
 def _slice_depthwise(conv: Any, keep: torch.Tensor) -> nn.Module:
     """A depthwise conv with only the filters `keep` (its inputs, outputs and groups shrink together)."""
-    new: Any = type(conv)(len(keep), len(keep), conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                          dilation=conv.dilation, groups=len(keep), bias=conv.bias is not None,
-                          padding_mode=conv.padding_mode)
-    new.to(conv.weight.device, conv.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(conv.weight[keep])
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias[keep])
-    new.train(conv.training)
-    return new
+    bias = conv.bias.detach()[keep] if conv.bias is not None else None
+    return _new_like(conv, conv.weight.detach()[keep], bias, groups=len(keep))
 
 
 def _slice_norm(norm: Any, index: torch.Tensor) -> nn.Module:
