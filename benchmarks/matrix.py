@@ -9,10 +9,16 @@ failed job is a defect, whatever its error: the rule is that the upload's inspec
 refuse whatever cannot run.
 
     python -m benchmarks.matrix [--slice fast|full] [--only FAMILY_OR_ARCH ...] [--render] [--results PATH]
+    python -m benchmarks.matrix --pending --shard 1/2 --results /tmp/a.json   # and 2/2 beside it, then:
+    python -m benchmarks.matrix --merge /tmp/a.json /tmp/b.json
 
 writes `benchmarks/results/matrix.{json,md}` and `docs/support-matrix.md` (`benchmarks/matrix_report.py`). A run of
 part of the matrix (`--only`, `--slice fast`) merges into the results already there: each cell keeps the commit
 and time of the run that produced it, and cells never run say so.
+
+`--pending` keeps the cells the results have not run (or left failed); `--shard K/N` splits a selection into N
+disjoint parts by cell id, so N processes (or machines) run a long matrix side by side, each into its own
+results file, and `--merge` folds their runs into the committed results.
 """
 
 from __future__ import annotations
@@ -125,6 +131,19 @@ def all_cells() -> list[Cell]:
 def fast_cells() -> list[Cell]:
     cells = [Cell(arch, fmt, variant, "onnx") for arch, fmt in FAST_MODELS for variant in FAST_VARIANTS]
     return cells + [Cell(*extra) for extra in FAST_EXTRA]
+
+
+def in_shard(cell_id: str, shard: tuple[int, int]) -> bool:
+    """Whether `cell_id` falls in shard K of N (1-based): a stable hash of the id, the same in every process."""
+    index, count = shard
+    return int(hashlib.sha256(cell_id.encode()).hexdigest(), 16) % count == index - 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N, got {text!r}")
+    return int(index), int(count)
 
 
 def select(cells: list[Cell], only: list[str] | None = None, uploads: list[str] | None = None,
@@ -411,6 +430,25 @@ def definition() -> dict[str, Any]:
             "fast": [c.id for c in fast_cells()], "build_version": mm.BUILD_VERSION}
 
 
+def merge_files(results: dict[str, Any] | None, others: list[dict[str, Any]]) -> dict[str, Any]:
+    """`results` with the cells and runs of `others` (results files of the same definition) laid over it: a cell
+    takes the record of the latest run that ran it, and keeps its own run id, commit and time."""
+    merged = results or {"definition": definition(), "runs": [], "cells": []}
+    for other in others:
+        if other.get("definition") != definition():
+            raise ValueError("a results file to merge was written by another matrix definition: rerun it")
+        runs = {r["id"]: r for r in merged.get("runs", [])}
+        runs.update({r["id"]: r for r in other.get("runs", [])})
+        newer = {c["id"]: c for c in other["cells"] if c.get("outcome") != "not_run"}
+        cells = [newer.get(c["id"], c) if runs.get(newer.get(c["id"], {}).get("run"), {}).get("started_at", "")
+                 >= runs.get(c.get("run"), {}).get("started_at", "") else c
+                 for c in merged["cells"]]
+        kept = {c.get("run") for c in cells}
+        merged = {"definition": definition(), "runs": sorted((r for r in runs.values() if r["id"] in kept),
+                                                             key=lambda r: r["started_at"]), "cells": cells}
+    return merged
+
+
 def merge(previous: dict[str, Any] | None, records: dict[str, dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
     """The results file: every defined cell, the new records over the previous ones, each with its run."""
     old = {c["id"]: c for c in (previous or {}).get("cells", [])}
@@ -443,6 +481,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="+", metavar="CELL_ID",
                         help="only these cells (ids as in the results: arch/upload/variant/output), e.g. to rerun "
                              "the ones a run left failed")
+    parser.add_argument("--pending", action="store_true",
+                        help="only the cells the results file has not run, or left failed")
+    parser.add_argument("--shard", type=parse_shard, metavar="K/N",
+                        help="only shard K of N of the selected cells (for N runs side by side)")
+    parser.add_argument("--spread", action="store_true",
+                        help="run the cells in a fixed mixed order, so a run stopped part way holds a cross-section")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="RESULTS",
+                        help="fold these results files (from --results runs) into the results, then render")
     parser.add_argument("--render", action="store_true", help="only rewrite the markdown from the results file")
     parser.add_argument("--cache-dir", type=Path, default=mm.DEFAULT_CACHE)
     parser.add_argument("--results", type=Path, default=RESULTS_JSON,
@@ -452,7 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     previous = json.loads(results_json.read_text()) if results_json.exists() else None
-    if not args.render:
+    if args.merge:
+        previous = merge_files(previous, [json.loads(path.read_text()) for path in args.merge])
+        results_json.write_text(json.dumps(previous, indent=1) + "\n")
+    elif not args.render:
         cells = select(fast_cells() if args.slice == "fast" else all_cells(), args.only, args.uploads,
                        args.variants, args.outputs)
         if args.cells:
@@ -460,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 parser.error(f"no such cells (or outside the other filters): {sorted(unknown)[:5]}")
             cells = [cell for cell in cells if cell.id in set(args.cells)]
+        if args.pending:
+            ran = {c["id"] for c in (previous or {}).get("cells", []) if c.get("outcome") not in ("not_run", "failed")}
+            cells = [cell for cell in cells if cell.id not in ran]
+        if args.shard:
+            cells = [cell for cell in cells if in_shard(cell.id, args.shard)]
+        if args.spread:
+            cells.sort(key=lambda cell: hashlib.sha256(f"spread:{cell.id}".encode()).digest())
         started = datetime.now(UTC)
         base = previous
         run: dict[str, Any] = {
@@ -467,7 +523,10 @@ def main(argv: list[str] | None = None) -> int:
             "finished_at": None, "commit": commit_hash(), "slice": args.slice,
             "only": [f"{name}={','.join(values)}" for name, values in (
                 ("only", args.only), ("uploads", args.uploads), ("variants", args.variants),
-                ("outputs", args.outputs), ("cells", [f"{len(args.cells)} listed"] if args.cells else None))
+                ("outputs", args.outputs), ("cells", [f"{len(args.cells)} listed"] if args.cells else None),
+                ("pending", ["yes"] if args.pending else None),
+                ("shard", ["/".join(map(str, args.shard))] if args.shard else None),
+                ("spread", ["yes"] if args.spread else None))
                 if values],
             "cells": 0, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
         done: dict[str, dict[str, Any]] = {}

@@ -76,3 +76,29 @@ def test_results_list_the_current_matrix() -> None:
     ran = [c for c in results["cells"] if c["outcome"] != "not_run"]
     runs = {r["id"] for r in results["runs"]}
     assert all(c.get("run") in runs for c in ran), "every cell run names the run (commit, time) it came from"
+
+
+def test_shards_split_the_matrix_and_merge_back() -> None:
+    cells = [cell.id for cell in matrix.all_cells()]
+    shards = [{c for c in cells if matrix.in_shard(c, (k, 3))} for k in (1, 2, 3)]
+    assert set().union(*shards) == set(cells) and sum(map(len, shards)) == len(cells)
+    assert all(len(s) > len(cells) / 4 for s in shards)
+
+    def results(run: str, started: str, outcomes: dict[str, str]) -> dict[str, Any]:
+        return {"definition": matrix.definition(), "runs": [{"id": run, "started_at": started}],
+                "cells": [{"id": c, "outcome": outcomes.get(c, "not_run"), **({"run": run} if c in outcomes else {})}
+                          for c in cells]}
+
+    first, second = cells[0], cells[1]
+    committed = results("r1", "2026-01-01T00:00:00", {first: "failed", second: "succeeded"})
+    shard = results("r2", "2026-02-01T00:00:00", {first: "succeeded"})
+    merged = matrix.merge_files(committed, [shard])
+    by_id = {c["id"]: c for c in merged["cells"]}
+    assert by_id[first] == {"id": first, "outcome": "succeeded", "run": "r2"}
+    assert by_id[second]["run"] == "r1" and by_id[cells[2]]["outcome"] == "not_run"
+    assert [r["id"] for r in merged["runs"]] == ["r1", "r2"]
+    # An older shard never overwrites a newer record, and a shard of another definition is refused.
+    stale = results("r0", "2025-12-01T00:00:00", {second: "failed"})
+    assert {c["id"]: c for c in matrix.merge_files(merged, [stale])["cells"]}[second]["run"] == "r1"
+    with pytest.raises(ValueError):
+        matrix.merge_files(merged, [{**shard, "definition": {}}])
