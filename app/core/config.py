@@ -19,10 +19,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".deepopt"), description="Root of all local state in the embedded mode.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite under data_dir.")
     broker_url: str | None = Field(None, description="Celery broker URL; default kombu's filesystem transport.")
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="Address the API binds (`make run`, `make api`, `deepopt serve`); "
+                      "loopback by default because a server with no API keys is open to whoever reaches it.")
+    port: int = Field(8000, description="Port the API listens on.")
 
-    max_upload_bytes: int = Field(4 * 1024**3, ge=1)
+    max_upload_bytes: int = Field(4 * 1024**3, ge=1, description="Largest model or dataset upload; a larger body "
+                                  "is cut off with 413 while it streams, before anything is stored.")
     api_keys: str | None = Field(
         None, description="Comma-separated API keys, each `KEY` or `TENANT:KEY`; unset = open, one tenant."
     )
@@ -33,16 +35,22 @@ class Settings(BaseSettings):
                                                  "and artifacts); unset = no quota.")
     tenant_max_active_jobs: int | None = Field(None, ge=1, description="Queued + running jobs per tenant.")
 
-    heartbeat_interval_s: float = Field(2.0, gt=0)
-    stale_after_s: float = Field(30.0, gt=0, description="A running job whose heartbeat is older is reaped.")
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="How often a running job's (or trial's) worker "
+                                        "writes its heartbeat; a cancel stops the job within about one interval.")
+    stale_after_s: float = Field(30.0, gt=0, description="A running job whose heartbeat is older is reaped "
+                                 "(15 heartbeats at the default interval: a loaded machine's late beat reaps nothing).")
     max_attempts: int = Field(3, ge=1, description="Runs of a job before a lost worker fails it.")
-    requeue_queued_after_s: float = Field(300.0, gt=0, description="Re-send a queued job's task after this.")
-    reaper_interval_s: float = Field(5.0, gt=0)
-    job_timeout_s: float = Field(6 * 3600.0, gt=0, description="Wall-clock limit of one job run.")
+    requeue_queued_after_s: float = Field(300.0, gt=0, description="Re-send a queued job's task after this "
+                                          "(the filesystem broker loses a killed worker's unacknowledged task).")
+    reaper_interval_s: float = Field(5.0, gt=0, description="How often each worker's reaper looks for stale "
+                                     "running jobs and long-queued ones.")
+    job_timeout_s: float = Field(6 * 3600.0, gt=0, description="Wall-clock limit of one job run; Redis's "
+                                 "visibility timeout is this plus an hour, so Redis never redelivers a live job.")
     job_memory_limit_bytes: int | None = Field(
         None, ge=256 * 1024**2, description="Address-space limit of a job's process (RLIMIT_AS); unset = none."
     )
-    inspect_timeout_s: float = Field(120.0, gt=0)
+    inspect_timeout_s: float = Field(120.0, gt=0, description="Time limit of inspecting one uploaded model (in "
+                                     "a sandboxed child); an upload over it is refused with 422.")
     sandbox: Literal["best_effort", "strict"] = Field(
         "best_effort", description="`strict`: a child that opens uploads refuses to run unless seccomp and Landlock "
         "both hold on this kernel; `best_effort` runs with whatever holds and logs what does not (docs/security.md)."

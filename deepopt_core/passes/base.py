@@ -21,7 +21,8 @@ class PassConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_type_is_required)
 
-    version: int = 1
+    version: int = Field(1, description="Schema version of the config, recorded with a stored spec so that a "
+                         "later release can still read it (1: the only version so far).")
 
 
 class SubmitContext(BaseModel):

@@ -45,7 +45,7 @@ class AutoConfig(PassConfig):
     https://arxiv.org/abs/2004.09602
     """
 
-    type: Literal["auto"] = "auto"
+    type: Literal["auto"] = Field("auto", description="The pass: `auto`.")
     objective: Literal["latency", "size"] = Field(
         "latency", description="What to minimise: p50 latency at `batch_size`, or the size of the file.")
     max_accuracy_drop: float = Field(
@@ -56,7 +56,8 @@ class AutoConfig(PassConfig):
         None, description="`accuracy` (needs labels) or `fidelity` (mean cosine of the outputs to the original's); "
         "default: accuracy when the eval dataset has labels, else fidelity.",
     )  # fmt: skip
-    budget: AutoBudget = Field(default_factory=AutoBudget)
+    budget: AutoBudget = Field(default_factory=AutoBudget, description="When the search stops: a number of "
+                               "trials or of minutes, whichever comes first.")
     allowed: list[SearchablePass] = Field(
         default_factory=lambda: list(DEFAULT_ALLOWED), min_length=1,
         description="Pass types recipes may use: `quantize` (int8, fp16 and int4 modes), `prune` (magnitude "

@@ -54,7 +54,7 @@ class TeacherConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_id: str
+    model_id: str = Field(..., description="An uploaded model: ONNX (run with ONNX Runtime) or PyTorch.")
 
 
 class DistillConfig(TrainingConfig):
@@ -70,7 +70,7 @@ class DistillConfig(TrainingConfig):
     Kurtic et al., 2022, https://arxiv.org/abs/2203.07259, distils a pruned model from the dense one).
     """
 
-    type: Literal["distill"] = "distill"
+    type: Literal["distill"] = Field("distill", description="The pass: `distill`.")
     student: StudentConfig | None = Field(
         None, description="None: the model as the passes before left it (a pruned model), the original teaching.")
     teacher: TeacherConfig | None = Field(None, description="None: the uploaded model of the job.")

@@ -15,7 +15,7 @@ class ExportConfig(PassConfig):
     The exported graph is checked with the ONNX checker and run in ONNX Runtime against the PyTorch model.
     """
 
-    type: Literal["export"] = "export"
-    format: Literal["onnx"] = "onnx"
+    type: Literal["export"] = Field("export", description="The pass: `export`.")
+    format: Literal["onnx"] = Field("onnx", description="The target format; ONNX is the only one.")
     opset: int = Field(17, ge=13, le=23, description="ONNX opset version of the exported graph.")
     dynamic_batch: bool = Field(True, description="Export with a symbolic batch dimension.")

@@ -69,10 +69,12 @@ class TrainingConfig(PassConfig):
     epochs: int | None = Field(None, ge=1, le=1000, description="Passes over the training data (default 3).")
     max_steps: int | None = Field(None, ge=1, le=1_000_000, description="Stop after this many optimizer steps.")
     lr: float | None = Field(None, gt=0, le=1.0, description="Peak learning rate of AdamW; default per method.")
-    batch_size: int = Field(32, ge=1, le=4096)
-    weight_decay: float = Field(0.0, ge=0, le=1.0)
+    batch_size: int = Field(32, ge=1, le=4096, description="Rows per forward pass.")
+    weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW's decoupled weight decay.")
     warmup_ratio: float = Field(0.0, ge=0, le=0.5, description="Linear warm-up share of the steps, then linear decay.")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=1024, description="Batches whose gradients add up to one optimizer step (a larger effective "
+        "batch in the same memory).")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="Autocast dtype of forward passes (fp16 uses a gradient scaler).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (HF models).")
@@ -84,7 +86,7 @@ class TrainingConfig(PassConfig):
                                    "(default: about 10 per run).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this global norm.")
     max_length: int = Field(128, ge=2, le=4096, description="Token limit when tokenizing .jsonl text.")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="Seed of the held-out split, the shuffling and any new weights.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto: cuda when present.")
 
     def _training_problems(self, context: SubmitContext, *, needs_labels: bool) -> Problems:
@@ -126,7 +128,7 @@ def _output_fits_labels(context: SubmitContext, task: str) -> Problems:
 
 
 class _FinetuneBase(TrainingConfig):
-    type: Literal["finetune"] = "finetune"
+    type: Literal["finetune"] = Field("finetune", description="The pass: `finetune`; `method` selects the variant.")
     task: Literal["auto", "classification", "regression"] = Field(
         "auto", description="auto: regression for float `labels` in .npz, classification otherwise.")
     num_labels: int | None = Field(None, ge=1, le=100_000, description="Classes (default: from the data).")
@@ -191,7 +193,7 @@ class LoraFinetuneConfig(_FinetuneBase):
     Embedding layers; with `base_quantization`, the frozen base is weight-quantized under the adapters as in
     QLoRA (Dettmers et al., 2023, https://arxiv.org/abs/2305.14314)."""
 
-    method: Literal["lora"] = "lora"
+    method: Literal["lora"] = Field("lora", description="Low-rank adapters beside the frozen weights.")
     r: int = Field(8, ge=1, le=1024, description="Rank of the update B·A.")
     alpha: float = Field(16.0, gt=0, description="Scaling numerator: the update is alpha / r · B·A.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
@@ -222,12 +224,13 @@ class _AdapterBase(_FinetuneBase):
 
 class SeriesAdapterFinetuneConfig(_AdapterBase):
     __doc__ = _AdapterBase.__doc__
-    method: Literal["adapter_series"] = "adapter_series"
+    method: Literal["adapter_series"] = Field("adapter_series", description="Bottleneck adapters after layers.")
 
 
 class ParallelAdapterFinetuneConfig(_AdapterBase):
     __doc__ = _AdapterBase.__doc__
-    method: Literal["adapter_parallel"] = "adapter_parallel"
+    method: Literal["adapter_parallel"] = Field("adapter_parallel", description="Bottleneck adapters beside "
+                                                "layers.")
 
 
 class PrefixFinetuneConfig(_FinetuneBase):
@@ -236,8 +239,8 @@ class PrefixFinetuneConfig(_FinetuneBase):
     layer of a BERT-family encoder. PEFT's prefix tuning needs a model that takes past key values, which the
     transformers encoders no longer do, so it is implemented here as an attention function."""
 
-    method: Literal["prefix"] = "prefix"
-    num_virtual_tokens: int = Field(16, ge=1, le=1024)
+    method: Literal["prefix"] = Field("prefix", description="Trained key/value prefixes in every attention layer.")
+    num_virtual_tokens: int = Field(16, ge=1, le=1024, description="Prefix vectors per attention layer.")
 
     def check(self, context: SubmitContext) -> Problems:
         problems = super().check(context)
@@ -250,7 +253,7 @@ class PrefixFinetuneConfig(_FinetuneBase):
 class FullFinetuneConfig(_FinetuneBase):
     """Full fine-tuning: every parameter trains (the reference the adapter methods are compared with)."""
 
-    method: Literal["full"] = "full"
+    method: Literal["full"] = Field("full", description="Every parameter trains.")
 
 
 # The first is the default when `method` is omitted.

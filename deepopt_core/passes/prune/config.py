@@ -42,7 +42,7 @@ class FineTuneSettings(BaseModel):
     lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate.")
     method: Literal["auto", "task", "distill"] = Field(
         "auto", description="`task` (labels), `distill` (match the unpruned model) or `auto`.")
-    batch_size: int = Field(32, ge=1, le=4096)
+    batch_size: int = Field(32, ge=1, le=4096, description="Rows per recovery step.")
 
 
 class Schedule(BaseModel):
@@ -56,7 +56,7 @@ class Schedule(BaseModel):
 
 
 class _PruneBase(PassConfig):
-    type: Literal["prune"] = "prune"
+    type: Literal["prune"] = Field("prune", description="The pass: `prune`; `method` selects the variant.")
     targets: list[str] | None = Field(None, description=_TARGETS)
     exclude: list[str] = Field(default_factory=list, description=_EXCLUDE)
     keep_head: bool = Field(True, description="Leave the classifier head dense (layers named like `classifier`, "
@@ -117,9 +117,11 @@ class MagnitudePruneConfig(_PruneBase):
     Zhu & Gupta, 2017, https://arxiv.org/abs/1710.01878). Paper: Han et al., 2015, https://arxiv.org/abs/1506.02626
     """
 
-    method: Literal["magnitude"] = "magnitude"
+    method: Literal["magnitude"] = Field("magnitude", description="Unstructured pruning of the smallest weights.")
     sparsity: float = Field(..., ge=0.0, lt=1.0, description="Fraction of prunable weights set to zero.")
-    scope: Literal["global", "layer"] = "global"
+    scope: Literal["global", "layer"] = Field(
+        "global", description="`global`: one ranking of all prunable weights, so thin layers keep more of theirs; "
+        "`layer`: every layer to the same sparsity.")
     keep_head: bool = Field(False, description="Leave the classifier head dense (the one-shot default of the "
                             "first release prunes it too).")
     schedule: Schedule | None = Field(None, description="Gradual pruning (needs `fine_tune`); None: one-shot.")
@@ -152,7 +154,7 @@ class ObsPruneConfig(_PruneBase):
     model converted to torch and exported back.
     """
 
-    method: Literal["obs"] = "obs"
+    method: Literal["obs"] = Field("obs", description="Second-order pruning (Optimal Brain Surgeon saliency).")
     sparsity: float = Field(..., ge=0.0, lt=1.0, description="Fraction of the pruned layers' weights set to zero.")
     scope: Literal["global", "layer"] = Field(
         "layer", description="`layer`: every layer to the same sparsity; `global`: saliencies ranked across layers.")
@@ -189,7 +191,7 @@ class NMPruneConfig(_PruneBase):
     Mishra et al., 2021, https://arxiv.org/abs/2104.08378
     """
 
-    method: Literal["nm"] = "nm"
+    method: Literal["nm"] = Field("nm", description="N:M semi-structured sparsity.")
     n: int = Field(2, ge=1, le=63, description="Nonzeros kept per group.")
     m: int = Field(4, ge=2, le=64, description="Group size along the input dimension.")
     selection: Literal["magnitude", "obs"] = Field("magnitude", description="How the kept weights are chosen.")
@@ -234,7 +236,7 @@ class StructuredPruneConfig(_PruneBase):
     Runs on a torch.export or Hugging Face model, or on an ONNX model converted to torch (Linear/Conv chains).
     """
 
-    method: Literal["structured"] = "structured"
+    method: Literal["structured"] = Field("structured", description="Remove whole units, rebuild smaller layers.")
     sparsity: float = Field(..., ge=0.0, lt=1.0, description="Fraction of the units of each kind removed.")
     units: list[Literal["channels", "neurons", "heads", "ffn"]] | None = Field(
         None, min_length=1, description="Unit kinds to remove; default: every kind the model has.")

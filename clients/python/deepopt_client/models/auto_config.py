@@ -36,8 +36,9 @@ class AutoConfig:
     https://arxiv.org/abs/2004.09602
 
         Attributes:
-            type_ (Literal['auto']):  Default: 'auto'.
-            version (int | Unset):  Default: 1.
+            type_ (Literal['auto']): The pass: `auto`. Default: 'auto'.
+            version (int | Unset): Schema version of the config, recorded with a stored spec so that a later release can
+                still read it (1: the only version so far). Default: 1.
             objective (AutoConfigObjective | Unset): What to minimise: p50 latency at `batch_size`, or the size of the file.
                 Default: AutoConfigObjective.LATENCY.
             max_accuracy_drop (float | Unset): Largest allowed drop of the metric against the model the pass receives

@@ -32,15 +32,17 @@ class DistillConfig:
     Kurtic et al., 2022, https://arxiv.org/abs/2203.07259, distils a pruned model from the dense one).
 
         Attributes:
-            type_ (Literal['distill']):  Default: 'distill'.
-            version (int | Unset):  Default: 1.
+            type_ (Literal['distill']): The pass: `distill`. Default: 'distill'.
+            version (int | Unset): Schema version of the config, recorded with a stored spec so that a later release can
+                still read it (1: the only version so far). Default: 1.
             epochs (int | None | Unset): Passes over the training data (default 3).
             steps (int | None | Unset): Optimizer steps (`steps` is accepted too).
             lr (float | None | Unset): Peak learning rate of AdamW; default per method.
-            batch_size (int | Unset):  Default: 32.
-            weight_decay (float | Unset):  Default: 0.0.
+            batch_size (int | Unset): Rows per forward pass. Default: 32.
+            weight_decay (float | Unset): AdamW's decoupled weight decay. Default: 0.0.
             warmup_ratio (float | Unset): Linear warm-up share of the steps, then linear decay. Default: 0.0.
-            gradient_accumulation_steps (int | Unset):  Default: 1.
+            gradient_accumulation_steps (int | Unset): Batches whose gradients add up to one optimizer step (a larger
+                effective batch in the same memory). Default: 1.
             mixed_precision (DistillConfigMixedPrecision | Unset): Autocast dtype of forward passes (fp16 uses a gradient
                 scaler). Default: DistillConfigMixedPrecision.NO.
             gradient_checkpointing (bool | Unset): Recompute activations in backward (HF models). Default: False.
@@ -50,7 +52,7 @@ class DistillConfig:
             eval_every (int | None | Unset): Optimizer steps between held-out evaluations (default: about 10 per run).
             max_grad_norm (float | None | Unset): Clip gradients to this global norm. Default: 1.0.
             max_length (int | Unset): Token limit when tokenizing .jsonl text. Default: 128.
-            seed (int | Unset):  Default: 0.
+            seed (int | Unset): Seed of the held-out split, the shuffling and any new weights. Default: 0.
             device (DistillConfigDevice | Unset): Where to train; auto: cuda when present. Default:
                 DistillConfigDevice.AUTO.
             student (None | StudentConfig | Unset): None: the model as the passes before left it (a pruned model), the

@@ -25,7 +25,8 @@ class DynamicQuantizeConfig:
 
         Attributes:
             type_ (Literal['quantize']): The pass: `quantize`; `mode` selects the variant. Default: 'quantize'.
-            version (int | Unset):  Default: 1.
+            version (int | Unset): Schema version of the config, recorded with a stored spec so that a later release can
+                still read it (1: the only version so far). Default: 1.
             exclude (list[str] | Unset): Node names, op types or glob patterns of nodes to leave in float (ONNX; layer names
                 such as `fc1` and weight names such as `fc1.weight` work too), or layer names (PyTorch).
             mode (Literal['dynamic'] | Unset): Weights int8/uint8, activations quantized per batch. Default: 'dynamic'.

@@ -17,9 +17,10 @@ class ExportConfig:
     The exported graph is checked with the ONNX checker and run in ONNX Runtime against the PyTorch model.
 
         Attributes:
-            type_ (Literal['export']):  Default: 'export'.
-            version (int | Unset):  Default: 1.
-            format_ (Literal['onnx'] | Unset):  Default: 'onnx'.
+            type_ (Literal['export']): The pass: `export`. Default: 'export'.
+            version (int | Unset): Schema version of the config, recorded with a stored spec so that a later release can
+                still read it (1: the only version so far). Default: 1.
+            format_ (Literal['onnx'] | Unset): The target format; ONNX is the only one. Default: 'onnx'.
             opset (int | Unset): ONNX opset version of the exported graph. Default: 17.
             dynamic_batch (bool | Unset): Export with a symbolic batch dimension. Default: True.
     """

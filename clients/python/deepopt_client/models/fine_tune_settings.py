@@ -23,7 +23,7 @@ class FineTuneSettings:
             lr (float | Unset): Adam learning rate. Default: 0.001.
             method (FineTuneSettingsMethod | Unset): `task` (labels), `distill` (match the unpruned model) or `auto`.
                 Default: FineTuneSettingsMethod.AUTO.
-            batch_size (int | Unset):  Default: 32.
+            batch_size (int | Unset): Rows per recovery step. Default: 32.
     """
 
     epochs: int | Unset = 1

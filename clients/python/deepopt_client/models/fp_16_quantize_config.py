@@ -19,7 +19,8 @@ class Fp16QuantizeConfig:
 
         Attributes:
             type_ (Literal['quantize']): The pass: `quantize`; `mode` selects the variant. Default: 'quantize'.
-            version (int | Unset):  Default: 1.
+            version (int | Unset): Schema version of the config, recorded with a stored spec so that a later release can
+                still read it (1: the only version so far). Default: 1.
             exclude (list[str] | Unset): Node names, op types or glob patterns of nodes to leave in float (ONNX; layer names
                 such as `fc1` and weight names such as `fc1.weight` work too), or layer names (PyTorch).
             keep_io_types (bool | Unset): Keep the model's float inputs and outputs in float32 (casts at the edges); false:

@@ -22,15 +22,17 @@ class LoraFinetuneConfig:
     QLoRA (Dettmers et al., 2023, https://arxiv.org/abs/2305.14314).
 
         Attributes:
-            type_ (Literal['finetune']):  Default: 'finetune'.
-            version (int | Unset):  Default: 1.
+            type_ (Literal['finetune']): The pass: `finetune`; `method` selects the variant. Default: 'finetune'.
+            version (int | Unset): Schema version of the config, recorded with a stored spec so that a later release can
+                still read it (1: the only version so far). Default: 1.
             epochs (int | None | Unset): Passes over the training data (default 3).
             max_steps (int | None | Unset): Stop after this many optimizer steps.
             lr (float | None | Unset): Peak learning rate of AdamW; default per method.
-            batch_size (int | Unset):  Default: 32.
-            weight_decay (float | Unset):  Default: 0.0.
+            batch_size (int | Unset): Rows per forward pass. Default: 32.
+            weight_decay (float | Unset): AdamW's decoupled weight decay. Default: 0.0.
             warmup_ratio (float | Unset): Linear warm-up share of the steps, then linear decay. Default: 0.0.
-            gradient_accumulation_steps (int | Unset):  Default: 1.
+            gradient_accumulation_steps (int | Unset): Batches whose gradients add up to one optimizer step (a larger
+                effective batch in the same memory). Default: 1.
             mixed_precision (LoraFinetuneConfigMixedPrecision | Unset): Autocast dtype of forward passes (fp16 uses a
                 gradient scaler). Default: LoraFinetuneConfigMixedPrecision.NO.
             gradient_checkpointing (bool | Unset): Recompute activations in backward (HF models). Default: False.
@@ -40,7 +42,7 @@ class LoraFinetuneConfig:
             eval_every (int | None | Unset): Optimizer steps between held-out evaluations (default: about 10 per run).
             max_grad_norm (float | None | Unset): Clip gradients to this global norm. Default: 1.0.
             max_length (int | Unset): Token limit when tokenizing .jsonl text. Default: 128.
-            seed (int | Unset):  Default: 0.
+            seed (int | Unset): Seed of the held-out split, the shuffling and any new weights. Default: 0.
             device (LoraFinetuneConfigDevice | Unset): Where to train; auto: cuda when present. Default:
                 LoraFinetuneConfigDevice.AUTO.
             task (LoraFinetuneConfigTask | Unset): auto: regression for float `labels` in .npz, classification otherwise.
@@ -51,7 +53,7 @@ class LoraFinetuneConfig:
             pad_token_id (int | None | Unset): Hugging Face decoders (GPT-2, Llama, Qwen2): the token id that pads the rows,
                 for a classification head that reads each row's last other token; default the model's pad token, else its end-
                 of-sequence token.
-            method (Literal['lora'] | Unset):  Default: 'lora'.
+            method (Literal['lora'] | Unset): Low-rank adapters beside the frozen weights. Default: 'lora'.
             r (int | Unset): Rank of the update B·A. Default: 8.
             alpha (float | Unset): Scaling numerator: the update is alpha / r · B·A. Default: 16.0.
             dropout (float | Unset): Dropout on the adapter input. Default: 0.0.

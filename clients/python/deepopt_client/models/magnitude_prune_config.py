@@ -25,9 +25,10 @@ class MagnitudePruneConfig:
     Zhu & Gupta, 2017, https://arxiv.org/abs/1710.01878). Paper: Han et al., 2015, https://arxiv.org/abs/1506.02626
 
         Attributes:
-            type_ (Literal['prune']):  Default: 'prune'.
+            type_ (Literal['prune']): The pass: `prune`; `method` selects the variant. Default: 'prune'.
             sparsity (float): Fraction of prunable weights set to zero.
-            version (int | Unset):  Default: 1.
+            version (int | Unset): Schema version of the config, recorded with a stored spec so that a later release can
+                still read it (1: the only version so far). Default: 1.
             targets (list[str] | None | Unset): Layer names or globs to prune (module names such as `fc1`,
                 `encoder.layer.*.output.dense`, or ONNX node/initializer names); default: every Linear/Conv (MatMul/Gemm/Conv)
                 layer.
@@ -37,8 +38,9 @@ class MagnitudePruneConfig:
                 too). Default: False.
             fine_tune (FineTuneSettings | None | Unset): Recover after pruning (and after every step of a `schedule`) on the
                 job's `train_dataset_id`, with the pruned weights held at zero; None: no recovery.
-            method (Literal['magnitude'] | Unset):  Default: 'magnitude'.
-            scope (MagnitudePruneConfigScope | Unset):  Default: MagnitudePruneConfigScope.GLOBAL.
+            method (Literal['magnitude'] | Unset): Unstructured pruning of the smallest weights. Default: 'magnitude'.
+            scope (MagnitudePruneConfigScope | Unset): `global`: one ranking of all prunable weights, so thin layers keep
+                more of theirs; `layer`: every layer to the same sparsity. Default: MagnitudePruneConfigScope.GLOBAL.
             schedule (None | Schedule | Unset): Gradual pruning (needs `fine_tune`); None: one-shot.
     """
 

@@ -24,8 +24,9 @@ class NMPruneConfig:
     Mishra et al., 2021, https://arxiv.org/abs/2104.08378
 
         Attributes:
-            type_ (Literal['prune']):  Default: 'prune'.
-            version (int | Unset):  Default: 1.
+            type_ (Literal['prune']): The pass: `prune`; `method` selects the variant. Default: 'prune'.
+            version (int | Unset): Schema version of the config, recorded with a stored spec so that a later release can
+                still read it (1: the only version so far). Default: 1.
             targets (list[str] | None | Unset): Layer names or globs to prune (module names such as `fc1`,
                 `encoder.layer.*.output.dense`, or ONNX node/initializer names); default: every Linear/Conv (MatMul/Gemm/Conv)
                 layer.
@@ -35,7 +36,7 @@ class NMPruneConfig:
                 poolers, else the last Linear) unless `targets` names it. Default: True.
             fine_tune (FineTuneSettings | None | Unset): Recover after pruning (and after every step of a `schedule`) on the
                 job's `train_dataset_id`, with the pruned weights held at zero; None: no recovery.
-            method (Literal['nm'] | Unset):  Default: 'nm'.
+            method (Literal['nm'] | Unset): N:M semi-structured sparsity. Default: 'nm'.
             n (int | Unset): Nonzeros kept per group. Default: 2.
             m (int | Unset): Group size along the input dimension. Default: 4.
             selection (NMPruneConfigSelection | Unset): How the kept weights are chosen. Default:

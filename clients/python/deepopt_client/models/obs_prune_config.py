@@ -33,9 +33,10 @@ class ObsPruneConfig:
     model converted to torch and exported back.
 
         Attributes:
-            type_ (Literal['prune']):  Default: 'prune'.
+            type_ (Literal['prune']): The pass: `prune`; `method` selects the variant. Default: 'prune'.
             sparsity (float): Fraction of the pruned layers' weights set to zero.
-            version (int | Unset):  Default: 1.
+            version (int | Unset): Schema version of the config, recorded with a stored spec so that a later release can
+                still read it (1: the only version so far). Default: 1.
             targets (list[str] | None | Unset): Layer names or globs to prune (module names such as `fc1`,
                 `encoder.layer.*.output.dense`, or ONNX node/initializer names); default: every Linear/Conv (MatMul/Gemm/Conv)
                 layer.
@@ -45,7 +46,7 @@ class ObsPruneConfig:
                 poolers, else the last Linear) unless `targets` names it. Default: True.
             fine_tune (FineTuneSettings | None | Unset): Recover after pruning (and after every step of a `schedule`) on the
                 job's `train_dataset_id`, with the pruned weights held at zero; None: no recovery.
-            method (Literal['obs'] | Unset):  Default: 'obs'.
+            method (Literal['obs'] | Unset): Second-order pruning (Optimal Brain Surgeon saliency). Default: 'obs'.
             scope (ObsPruneConfigScope | Unset): `layer`: every layer to the same sparsity; `global`: saliencies ranked
                 across layers. Default: ObsPruneConfigScope.LAYER.
             hessian (ObsPruneConfigHessian | Unset): `fisher`: block-diagonal empirical Fisher from per-sample gradients

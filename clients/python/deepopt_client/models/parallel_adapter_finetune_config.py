@@ -22,15 +22,17 @@ class ParallelAdapterFinetuneConfig:
     the weights: the model outputs carry them.
 
         Attributes:
-            type_ (Literal['finetune']):  Default: 'finetune'.
-            version (int | Unset):  Default: 1.
+            type_ (Literal['finetune']): The pass: `finetune`; `method` selects the variant. Default: 'finetune'.
+            version (int | Unset): Schema version of the config, recorded with a stored spec so that a later release can
+                still read it (1: the only version so far). Default: 1.
             epochs (int | None | Unset): Passes over the training data (default 3).
             max_steps (int | None | Unset): Stop after this many optimizer steps.
             lr (float | None | Unset): Peak learning rate of AdamW; default per method.
-            batch_size (int | Unset):  Default: 32.
-            weight_decay (float | Unset):  Default: 0.0.
+            batch_size (int | Unset): Rows per forward pass. Default: 32.
+            weight_decay (float | Unset): AdamW's decoupled weight decay. Default: 0.0.
             warmup_ratio (float | Unset): Linear warm-up share of the steps, then linear decay. Default: 0.0.
-            gradient_accumulation_steps (int | Unset):  Default: 1.
+            gradient_accumulation_steps (int | Unset): Batches whose gradients add up to one optimizer step (a larger
+                effective batch in the same memory). Default: 1.
             mixed_precision (ParallelAdapterFinetuneConfigMixedPrecision | Unset): Autocast dtype of forward passes (fp16
                 uses a gradient scaler). Default: ParallelAdapterFinetuneConfigMixedPrecision.NO.
             gradient_checkpointing (bool | Unset): Recompute activations in backward (HF models). Default: False.
@@ -40,7 +42,7 @@ class ParallelAdapterFinetuneConfig:
             eval_every (int | None | Unset): Optimizer steps between held-out evaluations (default: about 10 per run).
             max_grad_norm (float | None | Unset): Clip gradients to this global norm. Default: 1.0.
             max_length (int | Unset): Token limit when tokenizing .jsonl text. Default: 128.
-            seed (int | Unset):  Default: 0.
+            seed (int | Unset): Seed of the held-out split, the shuffling and any new weights. Default: 0.
             device (ParallelAdapterFinetuneConfigDevice | Unset): Where to train; auto: cuda when present. Default:
                 ParallelAdapterFinetuneConfigDevice.AUTO.
             task (ParallelAdapterFinetuneConfigTask | Unset): auto: regression for float `labels` in .npz, classification
@@ -55,7 +57,7 @@ class ParallelAdapterFinetuneConfig:
             bottleneck_size (int | Unset): Width of the down-projection. Default: 64.
             scaling (float | Unset): Factor on the adapter's output (parallel adapters). Default: 1.0.
             target_modules (list[str] | None | Unset): Linear layers to adapt; default per architecture.
-            method (Literal['adapter_parallel'] | Unset):  Default: 'adapter_parallel'.
+            method (Literal['adapter_parallel'] | Unset): Bottleneck adapters beside layers. Default: 'adapter_parallel'.
     """
 
     type_: Literal["finetune"] = "finetune"

@@ -30,9 +30,10 @@ class StructuredPruneConfig:
     Runs on a torch.export or Hugging Face model, or on an ONNX model converted to torch (Linear/Conv chains).
 
         Attributes:
-            type_ (Literal['prune']):  Default: 'prune'.
+            type_ (Literal['prune']): The pass: `prune`; `method` selects the variant. Default: 'prune'.
             sparsity (float): Fraction of the units of each kind removed.
-            version (int | Unset):  Default: 1.
+            version (int | Unset): Schema version of the config, recorded with a stored spec so that a later release can
+                still read it (1: the only version so far). Default: 1.
             targets (list[str] | None | Unset): Layer names or globs to prune (module names such as `fc1`,
                 `encoder.layer.*.output.dense`, or ONNX node/initializer names); default: every Linear/Conv (MatMul/Gemm/Conv)
                 layer.
@@ -42,7 +43,7 @@ class StructuredPruneConfig:
                 poolers, else the last Linear) unless `targets` names it. Default: True.
             fine_tune (FineTuneSettings | None | Unset): Recover after pruning (and after every step of a `schedule`) on the
                 job's `train_dataset_id`, with the pruned weights held at zero; None: no recovery.
-            method (Literal['structured'] | Unset):  Default: 'structured'.
+            method (Literal['structured'] | Unset): Remove whole units, rebuild smaller layers. Default: 'structured'.
             units (list[StructuredPruneConfigUnitsType0Item] | None | Unset): Unit kinds to remove; default: every kind the
                 model has.
             importance (StructuredPruneConfigImportance | Unset): How units are ranked; `taylor` and `fisher` need

@@ -13,7 +13,7 @@ class TeacherConfig:
     """Another uploaded model as the teacher (ONNX, run with ONNX Runtime, or PyTorch); default: the job's model.
 
     Attributes:
-        model_id (str):
+        model_id (str): An uploaded model: ONNX (run with ONNX Runtime) or PyTorch.
     """
 
     model_id: str
