@@ -48,3 +48,12 @@ class InvalidPipeline(DeepOptError):
     """Pass specs that do not validate, or a pipeline the planner cannot run on this model (422)."""
 
     code = "invalid_pipeline"
+
+
+def reason(exc: BaseException, limit: int = 500) -> str:
+    """One line saying why `exc` happened: its first line, except for TorchScript's interpreter, whose first line
+    only says that an operation failed and whose last line says what the error was."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    if lines[0].startswith("The following operation failed in the TorchScript interpreter") and len(lines) > 1:
+        return f"TorchScript: {lines[-1]}"[:limit]
+    return lines[0][:limit]

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from deepopt_core.datasets import Dataset, check_dataset_for_model, inspect_dataset, load_dataset
-from deepopt_core.errors import DeepOptError, InvalidDataset, InvalidPipeline, PassFailed
+from deepopt_core.errors import DeepOptError, InvalidDataset, InvalidPipeline, PassFailed, reason
 from deepopt_core.evaluate.inputs import dataset_feed, synthetic_feed, take
 from deepopt_core.evaluate.manifest import write_manifest
 from deepopt_core.evaluate.plots import write_tradeoff_plot
@@ -216,7 +216,7 @@ def _save(handle: ModelHandle, fmt: str, path: Path, sample: dict[str, np.ndarra
                 raise ValueError("no Hugging Face folder to take the config and tokenizer from")
             save_hf(handle.model, path, handle.hf_folder, name=path.stem)
     except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
-        raise PassFailed(f"saving the {fmt} output failed: {str(exc).splitlines()[0][:500]}") from None
+        raise PassFailed(f"saving the {fmt} output failed: {reason(exc)}") from None
     return None
 
 
@@ -238,11 +238,11 @@ def verify(path: Path, fmt: str, info: ModelInfo, sample: dict[str, np.ndarray],
         runner = open_runner(path, fmt, artifact_info, workdir=scratch)
         outputs = runner(sample)
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:500]
+        why = reason(exc)
         own = _original_failure(original, info, sample, scratch) if original is not None else None
         if own is not None:
             raise PassFailed(_does_not_run(info, sample, own)) from None
-        raise PassFailed(f"the {fmt} output does not load and run: {reason}") from None
+        raise PassFailed(f"the {fmt} output does not load and run: {why}") from None
     if not outputs or any(o.size == 0 for o in outputs):
         raise PassFailed(f"the {fmt} output returned no values")
     if any(o.dtype.kind == "f" and not np.isfinite(o).all() for o in outputs):
@@ -257,7 +257,7 @@ def _original_failure(original: Path, info: ModelInfo, sample: dict[str, np.ndar
     try:
         open_runner(original, info.format, info, workdir=scratch)(sample)
     except Exception as exc:
-        return str(exc).splitlines()[0][:300]
+        return reason(exc, 300)
     return None
 
 
@@ -355,7 +355,7 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
         require_cuda()
     info = ModelInfo.model_validate(model_info) if model_info is not None else inspect_model(model)
     try:
-        tracks = plan(info.format, specs, outputs)
+        tracks = plan(info.format, specs, outputs, info.details)
     except PlanError as exc:
         raise InvalidPipeline(str(exc), field="outputs") from None
     data_sets = _load_data(data, info)
@@ -436,7 +436,7 @@ def _benchmark(model: Path, info: ModelInfo, result: Result, data_sets: dict[str
     except DeepOptError:
         raise
     except Exception as exc:
-        raise PassFailed(f"benchmark failed: {str(exc).splitlines()[0][:500]}") from exc
+        raise PassFailed(f"benchmark failed: {reason(exc)}") from exc
     _note_quantization(result)
     _note_auto(result)
 

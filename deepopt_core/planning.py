@@ -89,8 +89,10 @@ def default_outputs(model_format: str, passes: list[Any]) -> list[str]:
     return [model_format]
 
 
-def plan(model_format: str, passes: list[Any], outputs: list[str] | None) -> list[Track]:
-    """Return the tracks that produce `outputs` from a model of `model_format`, or raise `PlanError`."""
+def plan(model_format: str, passes: list[Any], outputs: list[str] | None,
+         details: Mapping[str, Any] | None = None) -> list[Track]:
+    """Return the tracks that produce `outputs` from a model of `model_format` (with the upload's inspected
+    `details`, when known), or raise `PlanError`."""
     outputs = list(dict.fromkeys(outputs or default_outputs(model_format, passes)))
     problems: list[PlanProblem] = []
     tracks: list[Track] = []
@@ -114,6 +116,13 @@ def plan(model_format: str, passes: list[Any], outputs: list[str] | None) -> lis
                 problems.append(PlanProblem(
                     ("outputs",), "a TorchScript model cannot be re-exported with torch.export; ask for "
                     "'torchscript' or 'onnx' output"))
+            if "torchscript" in torch_outputs and model_format == "torch_export" and (details or {}).get(
+                    "computes_with_sizes"):
+                # A trace records the sizes it reads as the example's numbers: the TorchScript would run at one
+                # batch size only (the ONNX track re-exports such programs with the dynamo exporter instead).
+                problems.append(PlanProblem(
+                    ("outputs",), "this torch.export program computes with its input sizes, which a trace to "
+                    "TorchScript would fix to one shape; ask for 'torch_export' or 'onnx' output"))
             # A config may refuse output formats its PyTorch result cannot be saved in (`output_problem`): packed
             # int8 dynamic quantization as .pt2 or safetensors, weight-only layers as safetensors.
             for i, _ in track.steps:

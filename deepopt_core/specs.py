@@ -111,6 +111,8 @@ class ModelDetails(BaseModel):
     forward_schema: Annotated[str, Field(max_length=8192)] | None = None
     # torch.export
     range_constraints: dict[Name, Name] | None = Field(None, max_length=256)
+    computes_with_sizes: bool | None = Field(
+        None, description="The program computes with its symbolic input sizes (a trace would fix them).")
     # Hugging Face
     model_type: Name | None = None
     has_tokenizer: bool | None = None

@@ -53,7 +53,8 @@ def validate_job(session: Session, tenant: str, body: JobCreate) -> tuple[Model,
         datasets[field] = dataset
 
     try:
-        plan(model.format, list(body.passes), list(body.outputs) if body.outputs else None)
+        plan(model.format, list(body.passes), list(body.outputs) if body.outputs else None,
+             model.info.get("details"))
     except PlanError as exc:
         for p in exc.problems:
             loc = ".".join(str(x) for x in p.loc)

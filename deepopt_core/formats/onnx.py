@@ -88,7 +88,7 @@ def export_to_onnx(module: Any, path: str | Path, example: dict[str, np.ndarray]
     """
     import torch
 
-    from deepopt_core.formats.torch_common import is_graph, run_module, to_tensors
+    from deepopt_core.formats.torch_common import computes_with_sizes, is_graph, run_module, to_tensors
 
     path = Path(path)
     names = [t.name for t in inputs if t.name in example]
@@ -129,20 +129,6 @@ def export_to_onnx(module: Any, path: str | Path, example: dict[str, np.ndarray]
             log.warning("%s ONNX export failed: %s", "dynamo" if dynamo else "legacy", str(exc)[:500])
             errors.append(f"{'dynamo' if dynamo else 'legacy'} exporter: {str(exc).splitlines()[0][:300]}")
     raise RuntimeError("ONNX export failed; " + "; ".join(errors))
-
-
-def computes_with_sizes(module: Any) -> bool:
-    """Whether `module` is a ``torch.export`` graph that computes with symbolic sizes (``aten.sym_size`` and the
-    arithmetic on it, recorded with a ``SymInt`` value by export)."""
-    import torch
-
-    from deepopt_core.formats.torch_common import is_graph
-
-    if not is_graph(module):
-        return False
-    return any(node.op == "call_function" and isinstance(node.meta.get("val"), torch.SymInt | torch.SymFloat
-                                                          | torch.SymBool)
-               for node in module.graph.nodes)
 
 
 def _dynamo_export(module: Any, args: tuple[Any, ...], names: list[str], opset: int, shapes: Any) -> Any:

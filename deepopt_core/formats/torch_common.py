@@ -92,6 +92,17 @@ def is_graph(module: Any) -> bool:
     return isinstance(module, torch.fx.GraphModule)
 
 
+
+def computes_with_sizes(module: Any) -> bool:
+    """Whether `module` is a ``torch.export`` graph that computes with symbolic sizes (``aten.sym_size`` and the
+    arithmetic on it, recorded with a ``SymInt`` value by export)."""
+    if not is_graph(module):
+        return False
+    return any(node.op == "call_function" and isinstance(node.meta.get("val"), torch.SymInt | torch.SymFloat
+                                                          | torch.SymBool)
+               for node in module.graph.nodes)
+
+
 def kind_of(module: nn.Module) -> str:
     """Class name of a module; for TorchScript, the name of the Python class it was compiled from."""
     if isinstance(module, torch.jit.ScriptModule):

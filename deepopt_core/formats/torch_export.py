@@ -23,7 +23,13 @@ import torch
 
 from deepopt_core.errors import InvalidModel, UnsafeContent
 from deepopt_core.formats.detect import detect_format
-from deepopt_core.formats.torch_common import check_torch_archive, count_parameters, prunable_params, to_tensors
+from deepopt_core.formats.torch_common import (
+    check_torch_archive,
+    computes_with_sizes,
+    count_parameters,
+    prunable_params,
+    to_tensors,
+)
 from deepopt_core.specs import ModelInfo, TensorInfo
 
 log = logging.getLogger("deepopt.formats")
@@ -112,6 +118,7 @@ def inspect_torch_export(path: str | Path) -> ModelInfo:
         prunable_layers=len(prunable_params(module)),
         details={
             "range_constraints": {str(k): str(v) for k, v in program.range_constraints.items()},
+            "computes_with_sizes": computes_with_sizes(module),
             "size_bytes": os.path.getsize(path),
         },
     )

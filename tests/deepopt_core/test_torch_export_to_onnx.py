@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from benchmarks import matrix_models as mm
-from deepopt_core.formats.onnx import computes_with_sizes, export_to_onnx
+from deepopt_core.formats.onnx import export_to_onnx
 from deepopt_core.formats.ort_session import inference_session
-from deepopt_core.formats.torch_common import run_module
+from deepopt_core.formats.torch_common import computes_with_sizes, run_module
 from deepopt_core.formats.torch_export import inspect_torch_export, load_torch_export
 from deepopt_core.specs import ModelInfo
 
@@ -55,6 +55,26 @@ def test_vit_pt2_exports_to_onnx_that_takes_other_batch_sizes(tmp_path: Path) ->
     info = inspect_torch_export(pt2)
     assert not isinstance(info.inputs[0].shape and info.inputs[0].shape[0], int)
     _export_and_run(pt2, info, arch, tmp_path, [(1, 0), (3, 0)])
+
+
+def test_torchscript_output_of_a_pt2_that_computes_with_its_sizes_is_refused_at_submit() -> None:
+    # The matrix's Qwen2 and MiniLM .pt2 uploads with TorchScript output failed after acceptance in the benchmark
+    # (the trace expanded the causal mask to the example's batch of 2: "index 1 is out of bounds").
+    from pydantic import TypeAdapter
+
+    from deepopt_core.planning import PlanError, plan
+    from deepopt_core.specs import PassSpec
+
+    passes = TypeAdapter(list[PassSpec]).validate_python(
+        [{"type": "quantize", "mode": "weight_only", "weight_dtype": "int4"}])
+    for name in ("qwen2", "minilm"):
+        info = inspect_torch_export(mm.model_file(mm.BY_NAME[name], "torch_export"))
+        assert info.details["computes_with_sizes"] is True
+        with pytest.raises(PlanError) as refused:
+            plan("torch_export", passes, ["torchscript"], info.details)
+        assert [p.loc for p in refused.value.problems] == [("outputs",)]
+        assert "torch_export" in refused.value.problems[0].message
+        plan("torch_export", passes, ["torch_export", "onnx"], info.details)  # the outputs that keep the sizes
 
 
 def test_minilm_pt2_exports_to_onnx_that_takes_other_batches_and_sequences(tmp_path: Path) -> None:
