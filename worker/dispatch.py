@@ -25,16 +25,24 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
-
 from app.core.broker import send_run_trial
 from app.core.config import Settings
-from app.core.db import session_scope
-from app.db.models import Trial, WorkerHeartbeat, utcnow
+from app.db.models import Trial, utcnow
 from app.storage import Storage, copy_to
 from deepopt_core.sandbox import child_output
-from worker.presence import worker_id as presence_id
-from worker.trials import ACTIVE, cancel_trials, claim_trial, finish_trial, job_trials, worker_name
+from worker.identity import name_of, worker_name
+from worker.rows import (
+    ACTIVE,
+    add_trials,
+    cancel_trials,
+    claim_trial,
+    finish_trial,
+    job_trials,
+    keep_trial_alive,
+    pending_trials,
+    set_trial_as_read,
+    workers_serving,
+)
 
 log = logging.getLogger("deepopt.dispatch")
 SYNC_S = 0.25  # how often the rows are read while trials are out
@@ -89,10 +97,7 @@ class TrialDispatcher:
     # -- the folder -----------------------------------------------------------------------------------------
 
     def _write_capacity(self) -> None:
-        fresh_after = utcnow() - timedelta(seconds=self.settings.stale_after_s)
-        with session_scope() as session:
-            queues = session.scalars(select(WorkerHeartbeat.queues).where(WorkerHeartbeat.heartbeat_at >= fresh_after))
-            count = sum(self.queue in q.split(",") for q in queues)
+        count = workers_serving(self.queue, stale_after_s=self.settings.stale_after_s)
         (self.folder / ".capacity.tmp").write_text(str(max(1, count)))
         os.replace(self.folder / ".capacity.tmp", self.folder / "capacity")
 
@@ -115,10 +120,7 @@ class TrialDispatcher:
             rows = [Trial(job_id=self.job_id, attempt=self.attempt, key=t["key"], number=t["number"],
                           recipe=t["recipe"], bundle=bundle, queue=self.queue, owner_id=self.owner_id,
                           status="pending", deadline_at=deadline, created_at=now) for t in wave["trials"]]
-            with session_scope() as session:
-                session.add_all(rows)
-                session.flush()
-                ids = [row.id for row in rows]
+            ids = add_trials(rows)
             self.waves_seen.add(path.name)
             self.outstanding += len(ids)
             self.next_sync = 0.0
@@ -149,7 +151,7 @@ class TrialDispatcher:
         self.next_sync = 0.0
 
     def _answer(self, row: Trial) -> None:
-        payload: dict[str, Any] = {"status": row.status, "seconds": row.seconds, "worker": worker_name(row.worker_id),
+        payload: dict[str, Any] = {"status": row.status, "seconds": row.seconds, "worker": name_of(row.worker_id),
                                    "error": row.error}
         if row.status == "succeeded":
             assert row.model_key is not None and row.result is not None
@@ -173,49 +175,31 @@ class TrialDispatcher:
             elif row.status == "running" and row.heartbeat_at is not None and row.heartbeat_at < stale_before:
                 self._requeue(row)
             elif row.status == "pending" and row.deadline_at is not None and row.deadline_at <= now:
-                self._set(row, "pending", status="skipped", finished_at=now,
+                set_trial_as_read(row, "pending", status="skipped", finished_at=now,
                           error="the search's minutes ran out before a worker started it")
         if self.local is None:
             self._take_one()
         elif local_key is not None:  # the child is running it: keep its row alive
-            with session_scope() as session:
-                session.execute(update(Trial).where(Trial.id == self.local[1], Trial.status == "running")
-                                .values(heartbeat_at=now))
+            keep_trial_alive(self.local[1])
 
     def _take_one(self) -> None:
         """Claim the first pending trial for this worker and hand it to the child."""
-        with session_scope() as session:
-            pending = list(session.execute(
-                select(Trial.id, Trial.key).where(Trial.job_id == self.job_id, Trial.attempt == self.attempt,
-                                                  Trial.status == "pending").order_by(Trial.number)))
-        for trial_id, key in pending:
+        for trial_id, key in pending_trials(self.job_id, self.attempt):
             if claim_trial(trial_id, self.owner_id):
-                write_json(self.folder / "local" / f"{key}.json", {"worker": presence_id()})
+                write_json(self.folder / "local" / f"{key}.json", {"worker": worker_name()})
                 self.local = (key, trial_id)
                 return
 
     def _requeue(self, row: Trial) -> None:
         """A claimed trial whose worker stopped heartbeating: run it again (anyone may), or give up on it."""
         if row.claims >= self.settings.max_attempts:
-            self._set(row, "running", status="failed", finished_at=utcnow(),
+            set_trial_as_read(row, "running", status="failed", finished_at=utcnow(),
                       error=f"the workers running this trial stopped heartbeating {row.claims} times")
             return
-        if self._set(row, "running", status="pending", worker_id=None, heartbeat_at=None):
+        if set_trial_as_read(row, "running", status="pending", worker_id=None, heartbeat_at=None):
             log.warning("job %s: trial %s lost its worker %s; requeued", self.job_id, row.key, row.worker_id)
             try:
                 send_run_trial(row.id, self.queue)
             except Exception:
                 log.exception("could not re-send trial %s; this worker will run it", row.id)
-
-    def _set(self, row: Trial, expected: str, **values: Any) -> bool:
-        """Change the row only if it is still as read (same status, same worker, same heartbeat)."""
-        with session_scope() as session:
-            result = session.execute(
-                update(Trial).where(Trial.id == row.id, Trial.status == expected,
-                                    Trial.worker_id.is_(None) if row.worker_id is None
-                                    else Trial.worker_id == row.worker_id,
-                                    Trial.claims == row.claims)
-                .values(**values)
-            )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -16,14 +16,11 @@ from sqlalchemy import delete, select, update
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.db.models import WorkerHeartbeat, utcnow
+from worker.identity import worker_name
 
 log = logging.getLogger("deepopt.presence")
 
 CURRENT: dict[str, str | None] = {"job_id": None}
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def beat(jobs_done_increment: int = 0) -> None:
@@ -33,10 +30,10 @@ def beat(jobs_done_increment: int = 0) -> None:
         values: dict[str, Any] = {"heartbeat_at": now, "current_job_id": CURRENT["job_id"]}
         if jobs_done_increment:
             values["jobs_done"] = WorkerHeartbeat.jobs_done + jobs_done_increment
-        if not session.execute(update(WorkerHeartbeat).where(WorkerHeartbeat.id == worker_id())
+        if not session.execute(update(WorkerHeartbeat).where(WorkerHeartbeat.id == worker_name())
                                .values(**values)).rowcount:  # type: ignore[attr-defined]
             session.add(WorkerHeartbeat(
-                id=worker_id(), hostname=socket.gethostname()[:255], pid=os.getpid(), queues=settings.queues[:64],
+                id=worker_name(), hostname=socket.gethostname()[:255], pid=os.getpid(), queues=settings.queues[:64],
                 started_at=now, heartbeat_at=now, current_job_id=CURRENT["job_id"], jobs_done=jobs_done_increment,
             ))
 
@@ -55,7 +52,7 @@ def presence_loop(stop: threading.Event) -> None:
 def leave() -> None:
     try:
         with session_scope() as session:
-            session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.id == worker_id()))
+            session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.id == worker_name()))
     except Exception:
         log.exception("could not remove this worker's heartbeat row")
 

@@ -22,7 +22,7 @@ from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.notify import notify_job
 from app.db.models import Job, utcnow
-from worker.trials import cancel_orphan_trials
+from worker.rows import cancel_orphan_trials
 
 log = logging.getLogger("deepopt.reaper")
 

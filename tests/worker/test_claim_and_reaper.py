@@ -13,8 +13,8 @@ import pytest
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.db.models import Job, Model, utcnow
-from worker.executor import claim, finish
 from worker.reaper import reap_once
+from worker.rows import claim, finish
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from app.storage import make_storage
 from deepopt_core.protocol import Failure, Inspected, dump
 from deepopt_core.result import ArtifactResult, Result
 from deepopt_core.specs import ModelInfo
-from worker.executor import _persist, sandboxed
+from worker.child import sandboxed
+from worker.executor import _persist
 
 SECRETS = {"DEEPOPT_API_KEYS": "t:key-1", "DEEPOPT_ADMIN_KEY": "admin-2", "DEEPOPT_DATABASE_URL": "postgresql://x",
            "AWS_SECRET_ACCESS_KEY": "aws-3", "DEEPOPT_WEBHOOK_SECRETS": "t:wh-4"}
