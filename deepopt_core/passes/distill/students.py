@@ -133,20 +133,22 @@ def shrink_bert(model: Any, ratio: float) -> nn.Module:
         new_state[f"{p}intermediate.dense.bias"] = state[f"{p}intermediate.dense.bias"][keep_i]
         new_state[f"{p}output.dense.weight"] = w_out[keep_h][:, keep_i]
         new_state[f"{p}output.dense.bias"] = state[f"{p}output.dense.bias"][keep_h]
-    for name, tensor in state.items():
-        if name in new_state and new_state[name] is not tensor:
-            continue
-        inner_name = name.removeprefix(prefix)
-        if inner_name.startswith("pooler.dense.weight"):
-            new_state[name] = tensor[keep_h][:, keep_h]
-        elif inner_name.startswith("pooler.dense.bias"):
-            new_state[name] = tensor[keep_h]
-        elif tensor.dim() == 2 and tensor.shape[1] == config.hidden_size and tensor.is_floating_point() \
-                and not inner_name.startswith("encoder"):
-            new_state[name] = tensor[:, keep_h]  # the task head
     new_config = config.__class__.from_dict(config.to_dict())
     new_config.hidden_size, new_config.intermediate_size = hidden, inner
     student = type(model)(new_config)
+    shapes = {name: tuple(t.shape) for name, t in student.state_dict().items()}
+    for name, tensor in state.items():
+        if name not in shapes or (name in new_state and new_state[name] is not tensor):
+            continue
+        # The pooler and the task head (BERT's pooler.dense, RoBERTa's classifier.dense and out_proj): every
+        # dimension that was the hidden size and is the student's hidden size keeps the kept hidden units.
+        for dim, (was, now) in enumerate(zip(tensor.shape, shapes[name], strict=False)):
+            if was == config.hidden_size and now == hidden != was:
+                tensor = tensor.index_select(dim, keep_h)
+        new_state[name] = tensor
+    wrong = sorted(n for n, t in new_state.items() if n in shapes and tuple(t.shape) != shapes[n])
+    if wrong:
+        raise PassFailed(f"width_ratio: cannot narrow {', '.join(wrong[:5])} of {config.model_type}")
     student.load_state_dict({k: v.contiguous() for k, v in new_state.items()}, strict=False)
     return student.train(model.training)
 

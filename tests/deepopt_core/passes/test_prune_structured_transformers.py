@@ -94,6 +94,19 @@ def test_width_students_of_decoders_and_headless_encoders_keep_the_hidden_size()
             assert _output(student, _inputs(name)).shape == _output(teacher, _inputs(name)).shape
 
 
+@pytest.mark.parametrize("name", ["roberta", "bert"])
+def test_width_students_of_encoders_narrow_the_pooler_and_task_head_too(name: str) -> None:
+    # RoBERTa's classification head reads the hidden size through a hidden x hidden layer (classifier.dense), and
+    # the narrowed student failed to load it ("size mismatch for classifier.dense.weight", a matrix cell).
+    teacher = build_architecture(name, f"{'Roberta' if name == 'roberta' else 'Bert'}ForSequenceClassification")
+    student, _ = derive(teacher, None, 0.5, "teacher")
+    assert student.config.hidden_size == teacher.config.hidden_size // 2
+    with torch.no_grad():
+        assert _output(student, _inputs(name)).shape == _output(teacher, _inputs(name)).shape
+    dense = dict(student.named_modules())["classifier.dense" if name == "roberta" else "bert.pooler.dense"]
+    assert dense.weight.shape == (student.config.hidden_size, student.config.hidden_size)
+
+
 def test_what_has_no_known_structure_is_refused_at_submit() -> None:
     gpt2 = {"format": "hf", "details": {"model_type": "gpt2"}, "num_parameters": 10_000}
     llama = {"format": "hf", "details": {"model_type": "llama"}, "num_parameters": 10_000}
