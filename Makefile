@@ -10,7 +10,7 @@ TORCH_VERSION := 2.13.0
 # builds that do not import next to the CPU torch; the module stands in for torchvision while importing it.
 ONNX2TORCH_VERSION := 1.5.15
 
-.PHONY: install run api worker test lint typecheck migrate openapi bench bench-quant bench-train bench-auto bench-prune bench-load matrix clean
+.PHONY: install run api worker test lint typecheck migrate openapi docs bench bench-quant bench-train bench-auto bench-prune bench-load matrix clean
 
 install: $(STAMP)
 
@@ -37,7 +37,7 @@ worker: install
 	$(PY) -m app.launcher worker
 
 lint: install
-	$(PY) -m ruff check app worker deepopt_core tests benchmarks examples
+	$(PY) -m ruff check app worker deepopt_core tests benchmarks examples docs
 
 typecheck: install
 	$(PY) -m mypy
@@ -51,6 +51,11 @@ test: install lint typecheck
 # The committed OpenAPI spec and the generated client: run after changing the API or a pass's config.
 openapi: install
 	$(PY) -m app.openapi --client
+
+# The generated parts of docs/ (the settings table from Settings, the pass reference from the pass configs): run
+# after changing either; tests/test_docs.py fails when a generated part is stale.
+docs: install
+	$(PY) docs/generate.py
 
 # The quantization benchmark (MiniLM + digits CNN, about 5 minutes on 2 idle cores): writes
 # benchmarks/results/quantization.{md,json}. Add ARGS=--quick for a shorter run.

@@ -2,7 +2,7 @@
 
 Adding a pass: write `passes/<name>/config.py` (a `PassConfig` subclass with `type: Literal["<name>"]`),
 the implementation module with `apply_onnx` and/or `apply_torch`, one `register_pass` line below, a row in the
-test matrix (`tests/deepopt_core/test_passes.py`) and a paragraph in the README.
+test matrix (`tests/deepopt_core/test_passes.py`) and a section in docs/passes.md (docs/adding-a-pass.md).
 """
 
 from deepopt_core.passes.auto.config import AutoConfig
