@@ -33,6 +33,10 @@ def is_hf(model: Any) -> bool:
     return bool(getattr(type(model), "is_hf_wrapper", False))
 
 
+_LIFTED_CALLS = frozenset({"aten.linear.default", "aten.conv1d.default", "aten.conv2d.default",
+                           "aten.conv1d.padding", "aten.conv2d.padding"})
+
+
 def lift(module: nn.Module) -> nn.Module:
     """Turn ``aten.linear``/``aten.conv{1,2}d``/``aten.batch_norm`` calls of a ``torch.export`` GraphModule into
     Linear/Conv/BatchNorm modules.
@@ -54,7 +58,7 @@ def lift(module: nn.Module) -> nn.Module:
         if target == "aten.batch_norm.default":
             changed |= _lift_batch_norm(gm, node)
             continue
-        if target not in ("aten.linear.default", "aten.conv1d.default", "aten.conv2d.default"):
+        if target not in _LIFTED_CALLS:
             continue
         weight_node = node.args[1]
         bias_node = node.args[2] if len(node.args) > 2 else None
@@ -70,9 +74,8 @@ def lift(module: nn.Module) -> nn.Module:
             new: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         else:
             stride, padding, dilation, groups = (list(node.args[3:7]) + [1, 0, 1, 1][len(node.args[3:7]):])
-            conv = nn.Conv1d if target == "aten.conv1d.default" else nn.Conv2d
-            if isinstance(padding, str):
-                continue
+            conv = nn.Conv1d if target.startswith("aten.conv1d") else nn.Conv2d
+            # The `.padding` overloads take "same" or "valid" (transformers' EfficientNet), as nn.Conv does.
             new = conv(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=stride,
                        padding=padding, dilation=dilation, groups=groups, bias=bias is not None)
         new.weight = weight

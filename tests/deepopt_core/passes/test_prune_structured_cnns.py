@@ -59,6 +59,23 @@ def test_lifted_batch_norms_compute_the_program() -> None:
     assert torch.allclose(lifted(x), model(x), atol=1e-6)
 
 
+def test_convs_with_string_padding_are_lifted() -> None:
+    # transformers' EfficientNet exports its convs as aten.conv2d.padding ("valid"/"same"); none was lifted, so
+    # the OBS prune of its .pt2 found "no prunable layers" after acceptance (a matrix cell).
+    from deepopt_core.passes.prune.sparsity import select_layers
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding="same"), nn.ReLU(), nn.Conv2d(8, 4, 3, padding="valid"),
+                          nn.Flatten(), nn.Linear(4 * 14 * 14, 2))
+    program = _program(model.eval(), 16)
+    assert {str(n.target) for n in program.graph.nodes} >= {"aten.conv2d.padding"}
+    lifted = lift(program.module())
+    assert [n for n, m in lifted.named_modules() if isinstance(m, nn.Conv2d)] == ["0", "2"]
+    assert not any(str(node.target).startswith("aten.conv") for node in lifted.graph.nodes)
+    x = torch.randn(3, 3, 16, 16)
+    assert torch.allclose(lifted(x), model(x), atol=1e-6)
+    assert list(select_layers(lifted)) == ["0", "2"]
+
+
 @pytest.mark.parametrize("form", ["eager", "torch_export"])
 def test_dead_channels_through_a_depthwise_conv_are_removed_exactly(form: str) -> None:
     model = _random_statistics(depthwise_cnn())
