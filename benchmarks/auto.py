@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common
+from deepopt_core.evaluate.metrics import cosine_fidelity
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BOUND = 0.01
@@ -254,7 +255,7 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> ModelResult:
     reference = common.embeddings(common.make_session(fp32, args.threads), held_feeds)
 
     def held_out_fidelity(path: Path) -> float:
-        return common.cosine_fidelity(reference, common.embeddings(common.make_session(path, args.threads), held_feeds))
+        return cosine_fidelity(reference, common.embeddings(common.make_session(path, args.threads), held_feeds))
 
     timing = common.fixed_batch(tokenizer, sentences, BATCH)
     return bench("MiniLM", fp32, search, held_out_fidelity, timing, "fidelity", work, args, rounds=args.rounds)

@@ -216,13 +216,6 @@ def embeddings(session: Any, feeds: Sequence[Feed]) -> np.ndarray:
     return np.concatenate(out)
 
 
-def cosine_fidelity(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Mean cosine similarity between matching rows of two embedding matrices."""
-    a = reference / np.maximum(np.linalg.norm(reference, axis=-1, keepdims=True), 1e-12)
-    b = candidate / np.maximum(np.linalg.norm(candidate, axis=-1, keepdims=True), 1e-12)
-    return float((a * b).sum(axis=-1).mean())
-
-
 def fixed_batch(tokenizer: Any, sentences: Sequence[str], batch: int, seq: int = 128) -> Feed:
     """A `batch` x `seq` feed (every row padded to `seq` tokens) for latency measurements."""
     rows = [sentences[i % len(sentences)] for i in range(batch)]

@@ -47,6 +47,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import common_pruning as cp
+from deepopt_core.evaluate.metrics import cosine_fidelity
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIGITS_PARTS = ("unstructured", "fine-tune", "2:4", "structured")
@@ -381,7 +382,7 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
     reference = cp.torch_embeddings(model, test_b)
 
     def fidelity(m: Any) -> float:
-        return common.cosine_fidelity(reference, cp.torch_embeddings(m, test_b))
+        return cosine_fidelity(reference, cp.torch_embeddings(m, test_b))
 
     pooled = recovery.mean_pooled_output
     rows.append(Row("MiniLM", "dense", "dense", "reference", quality=1.0, quality_name="fidelity",
@@ -492,7 +493,7 @@ def _minilm_storage(work: Path, model: Any, dense_path: Path, test_feeds: Any, o
     pruned_onnx, check = nm_model
     nm_path = work / "minilm_24_onnx.onnx"
     onnx.save(pruned_onnx, str(nm_path))
-    onnx_fid = common.cosine_fidelity(ort_reference, common.embeddings(common.make_session(nm_path), test_feeds))
+    onnx_fid = cosine_fidelity(ort_reference, common.embeddings(common.make_session(nm_path), test_feeds))
     rows.append(Row("MiniLM (ONNX)", "2:4", "magnitude", "nm_prune_onnx (MatMul [in, out])", 0.5, onnx_fid,
                     "fidelity", secs, extra={"verified": check.ok, "layers": len(check.layers),
                                              "per_layer_sparsity": sorted({v["sparsity"] for v in
@@ -532,7 +533,7 @@ def _minilm_structured(work: Path, args: argparse.Namespace, model: Any, tok: An
 
     def add_struct(m: Any, importance: str, variant: str, secs: float, params: int, extra: dict[str, Any]) -> None:
         path = common.export_bert(m, work / f"minilm_struct_{len(struct_rows)}.onnx")
-        fid = common.cosine_fidelity(ort_reference, common.embeddings(common.make_session(path, args.threads),
+        fid = cosine_fidelity(ort_reference, common.embeddings(common.make_session(path, args.threads),
                                                                       test_feeds))
         label = variant if importance == "magnitude" else f"{desc}; {variant}"
         struct_rows.append(Row("MiniLM", "structured", importance, label, None, fid,

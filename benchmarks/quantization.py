@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common
+from deepopt_core.evaluate.metrics import cosine_fidelity
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -125,7 +126,7 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
 
     def pooled_metric(outputs: ort_common.Outputs) -> float:
         pooled = [common.mean_pool(o[0], f["attention_mask"]) for o, f in zip(outputs, eval_feeds, strict=True)]
-        return common.cosine_fidelity(eval_ref_pooled, np.concatenate(pooled))
+        return cosine_fidelity(eval_ref_pooled, np.concatenate(pooled))
 
     rows: list[Row] = [Row("MiniLM", "fp32", "reference", str(fp32), quality=1.0, quality_name="fidelity")]
 
@@ -138,7 +139,7 @@ def bench_minilm(work: Path, args: argparse.Namespace) -> list[Row]:
             if isinstance(out, dict):
                 row.extra = _summary(out)
             sess = common.make_session(path, args.threads)
-            row.quality = common.cosine_fidelity(reference, common.embeddings(sess, test_feeds))
+            row.quality = cosine_fidelity(reference, common.embeddings(sess, test_feeds))
         except Exception as exc:  # a stock call failing is a result too
             row.error = f"{type(exc).__name__}: {str(exc)[:300]}"
             common.log(f"  failed: {row.error}")

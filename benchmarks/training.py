@@ -38,7 +38,6 @@ warnings.filterwarnings("ignore")
 
 from benchmarks import training_data as td  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    cosine_fidelity,
     embeddings,
     export_bert,
     fixed_batch,
@@ -46,6 +45,7 @@ from benchmarks.common import (  # noqa: E402
     make_session,
     sentence_feeds,
 )  # fmt: skip
+from deepopt_core.evaluate.metrics import cosine_fidelity  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = (0, 1, 2, 3, 4)

@@ -18,8 +18,8 @@ from deepopt_core.evaluate.environment import machine, runtime_settings
 from deepopt_core.evaluate.honesty import add_warnings
 from deepopt_core.evaluate.inputs import dataset_feed, rows_of, synthetic_feed, take
 from deepopt_core.evaluate.latency import MemoryWatch, time_runner, timing_metrics
-from deepopt_core.evaluate.metrics import first_outputs, quality
-from deepopt_core.evaluate.runners import open_runner, size_on_disk
+from deepopt_core.evaluate.metrics import quality
+from deepopt_core.evaluate.runners import first_outputs, open_runner, size_on_disk
 from deepopt_core.result import BenchmarkResult
 from deepopt_core.specs import BenchmarkSettings, ModelInfo
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from deepopt_core.evaluate.inputs import batches
 from deepopt_core.specs import ModelInfo
 
 log = logging.getLogger("deepopt.evaluate")
@@ -31,6 +32,12 @@ class Runner:
 
     def close(self) -> None:
         return None
+
+
+def first_outputs(runner: Runner, feed: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+    """The first output of `runner` over all rows of `feed`, batch by batch, concatenated."""
+    parts = [runner(batch)[0] for batch in batches(feed, batch_size)]
+    return np.concatenate(parts, axis=0) if parts else np.empty(0)
 
 
 def require_cuda() -> None:

@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from deepopt_core.errors import PassFailed
+from deepopt_core.evaluate.metrics import compare
 from deepopt_core.formats.torch_common import prunable_params, unwrap
 from deepopt_core.passes.context import ModelHandle, PassContext
 from deepopt_core.passes.distill import losses as L
 from deepopt_core.passes.distill.config import DistillConfig
 from deepopt_core.passes.distill.students import derive
 from deepopt_core.passes.finetune.config import describe
-from deepopt_core.passes.finetune.impl import agreement
 from deepopt_core.passes.finetune.modules import check_trainable, is_hf, lift, rewrap, set_mode, write_config
 from deepopt_core.passes.finetune.training import TrainData, load_train_data, train, training_device
 
@@ -205,7 +205,7 @@ def apply_torch(spec: DistillConfig, model: Any, ctx: PassContext) -> Any:
         "compression": round(teacher_params / max(student_params, 1), 3) if teacher_params else None,
         "checked_on": checked_on,
         "teacher_quality": _quality(teacher_out, check.labels), "student_before": _quality(before, check.labels),
-        "student_after": _quality(after, check.labels), "fidelity_to_teacher": agreement(teacher_out, after),
+        "student_after": _quality(after, check.labels), "fidelity_to_teacher": compare(teacher_out, after),
         "hidden_pairs": pairs if projections is not None else [], "sparsity_kept_layers": sorted(masks),
         "alpha_used": alpha, "lr": lr, "device": device.type, **run.summary(), "settings": describe(spec),
     })  # fmt: skip

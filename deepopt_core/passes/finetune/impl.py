@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from deepopt_core.errors import PassFailed
+from deepopt_core.evaluate.metrics import compare
 from deepopt_core.passes.context import PassContext
 from deepopt_core.passes.finetune import adapters as ad
 from deepopt_core.passes.finetune.config import default_targets, describe, matches
@@ -83,17 +84,6 @@ def quality(outputs: np.ndarray, labels: np.ndarray, regression: bool) -> dict[s
     if regression:
         return {"mse": round(float(np.mean((outputs.reshape(len(labels), -1)[:, 0] - labels) ** 2)), 6)}
     return {"accuracy": round(float((outputs.argmax(-1) == labels).mean()), 6)}
-
-
-def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """Cosine similarity, largest absolute difference and arg-max agreement of two output arrays."""
-    ref = reference.reshape(len(reference), -1).astype(np.float64)
-    cand = candidate.reshape(len(candidate), -1).astype(np.float64)
-    cosine = (ref * cand).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1), 1e-12)
-    out = {"fidelity_cosine": round(float(cosine.mean()), 6), "max_abs_diff": float(np.abs(ref - cand).max())}
-    if ref.shape[1] > 1:
-        out["top1_agreement"] = round(float((ref.argmax(1) == cand.argmax(1)).mean()), 6)
-    return out
 
 
 def _targets(spec: Any, core: nn.Module, hf: bool, kind: str) -> list[str]:
@@ -323,7 +313,7 @@ def _finish_lora(spec: Any, ctx: PassContext, peft_model: Any, base_copy: Any, f
     core = peft_model.merge_and_unload()
     set_mode(core, False)
     merged = predict(forward_of(core, hf, names), check, device)
-    detail.update({"merged": True, "merge_fidelity": agreement(adapted, merged),
+    detail.update({"merged": True, "merge_fidelity": compare(adapted, merged),
                    "requantized_layers": quantized})
     if spec.base_quantization and "hf" in ctx.outputs:
         detail["dequantized_for_hf"] = ad.dequantize_all(core)

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from deepopt_core.evaluate.metrics import row_cosines
 from deepopt_core.passes.quantize.ort_preprocess import Fusion, op_counts, preprocess
 
 Feed = Mapping[str, np.ndarray]
@@ -84,21 +85,17 @@ def run_outputs(model: str | Path | bytes | onnx.ModelProto | Any, feeds: Iterab
     return [list(session.run(None, adapt_feed(session, feed))) for feed in feeds]
 
 
-def cosine_fidelity(reference: Outputs, candidate: Outputs, output_index: int = 0) -> float:
-    """Mean cosine similarity between matching rows (axis 0, flattened) of one output of two runs."""
-    sims = []
-    for ref, cand in zip(reference, candidate, strict=True):
-        a = np.asarray(ref[output_index], dtype=np.float64).reshape(len(ref[output_index]), -1)
-        b = np.asarray(cand[output_index], dtype=np.float64).reshape(len(cand[output_index]), -1)
-        num = (a * b).sum(-1)
-        den = np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
-        sims.append(num / den)
-    return float(np.concatenate(sims).mean())
-
-
 def fidelity_metric(reference: Outputs, output_index: int = 0) -> Metric:
-    """A metric scoring outputs by their mean cosine similarity to `reference` (1.0 for the float model)."""
-    return lambda outputs: cosine_fidelity(reference, outputs, output_index)
+    """A metric scoring outputs by their mean cosine similarity to `reference` (1.0 for the float model): the rows
+    of every run's `output_index` output together (:func:`deepopt_core.evaluate.metrics.row_cosines`; runs may
+    differ in shape, as token outputs of batches padded to different lengths do)."""
+
+    def metric(outputs: Outputs) -> float:
+        cosines = [row_cosines(ref[output_index], cand[output_index])
+                   for ref, cand in zip(reference, outputs, strict=True)]
+        return float(np.concatenate(cosines).mean())
+
+    return metric
 
 
 def accuracy_metric(labels: Sequence[np.ndarray] | np.ndarray, output_index: int = 0) -> Metric:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepopt_core.evaluate.metrics import cosine_fidelity
 from deepopt_core.pipeline import optimize
 
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(600)]
@@ -29,7 +30,7 @@ def _fidelity(path: Path, minilm: dict, reference: np.ndarray | None = None) -> 
     from benchmarks import common
 
     embeddings = common.embeddings(common.make_session(path, 1), minilm["feeds"])  # type: ignore[arg-type]
-    return (common.cosine_fidelity(reference, embeddings) if reference is not None else 1.0), embeddings
+    return (cosine_fidelity(reference, embeddings) if reference is not None else 1.0), embeddings
 
 
 def test_plain_dynamic_call_is_per_channel_and_beats_stock_on_minilm(minilm, tmp_path):
