@@ -10,7 +10,7 @@ TORCH_VERSION := 2.13.0
 # builds that do not import next to the CPU torch; the module stands in for torchvision while importing it.
 ONNX2TORCH_VERSION := 1.5.15
 
-.PHONY: install run api worker test lint typecheck migrate openapi docs bench bench-quant bench-train bench-auto bench-prune bench-load matrix clean
+.PHONY: install run api worker test lint typecheck migrate openapi docs matrix clean
 
 install: $(STAMP)
 
@@ -57,35 +57,34 @@ openapi: install
 docs: install
 	$(PY) docs/generate.py
 
-# The quantization benchmark (MiniLM + digits CNN, about 5 minutes on 2 idle cores): writes
-# benchmarks/results/quantization.{md,json}. Add ARGS=--quick for a shorter run.
-bench-quant: install
-	nice -n 10 $(PY) -m benchmarks.quantization $(ARGS)
+# The benchmarks: `make bench-NAME` runs benchmarks/MODULE.py (at nice 10; ARGS go to the script), which writes
+# benchmarks/results/MODULE.{md,json}. NAME=MODULE, what it measures and for how long:
+#   quant=quantization  MiniLM + digits CNN; about 5 minutes on 2 idle cores. ARGS=--quick for a shorter run.
+#   train=training      distill and finetune on digits, breast cancer and MiniLM; about an hour on 2 busy cores.
+#                       ARGS="--only digits cancer" runs a part.
+#   auto=auto           auto against a grid of hand recipes, 1% bound, on the digits CNN and MiniLM; about ten
+#                       minutes on 2 busy cores. ARGS=--skip-minilm runs the digits part.
+#   prune=pruning       magnitude, OBS, N:M and structured pruning against torch.nn.utils.prune's global L1 on the
+#                       digits MLP/CNN and MiniLM (its time is not recorded yet). ARGS=--quick for a shorter run,
+#                       ARGS=--skip-minilm for the digits part.
+#   load=load           the API under wrk (1 thread and 32 connections on loopback) against a bare FastAPI app in
+#                       alternating rounds, on the embedded default and on PostgreSQL + Redis with one API process
+#                       each; 1,000 event streams; then a 2 GB upload with the API's RSS; about 6 minutes.
+#                       ARGS="--only embedded --upload-gb 0" for a short run.
+BENCHMARKS := quant=quantization train=training auto=auto prune=pruning load=load
+# Commands a benchmark needs beyond .venv, each from the Debian package of its name, installed when missing.
+BENCH_TOOLS_load := wrk
+bench_module = $(patsubst $*=%,%,$(filter $*=%,$(BENCHMARKS)))
 
-# The training benchmark (distill and finetune on digits, breast cancer and MiniLM; about an hour on 2 busy
-# cores): writes benchmarks/results/training.{md,json}. ARGS="--only digits cancer" runs a part.
-bench-train: install
-	nice -n 10 $(PY) -m benchmarks.training $(ARGS)
-
-# The auto benchmark (auto against a grid of hand recipes, 1% bound, on the digits CNN and MiniLM; about ten
-# minutes on 2 busy cores): writes benchmarks/results/auto.{md,json}. ARGS=--skip-minilm runs the digits part.
-bench-auto: install
-	nice -n 10 $(PY) -m benchmarks.auto $(ARGS)
-
-# The pruning benchmark (magnitude, OBS, N:M and structured pruning against torch.nn.utils.prune's global L1 on
-# the digits MLP/CNN and MiniLM; writes benchmarks/results/pruning.{md,json}). ARGS=--quick for a shorter run,
-# ARGS=--skip-minilm for the digits part.
-bench-prune: install
-	nice -n 10 $(PY) -m benchmarks.pruning $(ARGS)
-
-# The API load benchmark (wrk, 1 thread and 32 connections on loopback, against a bare FastAPI app in alternating
-# rounds, on the embedded default and on PostgreSQL + Redis with one API process each; 1,000 event streams; then a
-# 2 GB upload with the API's RSS; about 6 minutes): writes benchmarks/results/load.{md,json}. wrk comes from Debian
-# (`apt-get install wrk`), installed here when missing. ARGS="--only embedded --upload-gb 0" for a short run.
-bench-load: install
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || \
-		{ echo "bench-load needs wrk: apt-get install wrk (or https://github.com/wg/wrk)"; exit 1; }
-	nice -n 10 $(PY) -m benchmarks.load $(ARGS)
+# Not .PHONY: make skips pattern rules for phony targets. `install` is phony, so a bench-% target always runs.
+bench-%: install
+	@test -n "$(bench_module)" || { echo "no benchmark '$*'; make bench-NAME with NAME one of:" \
+		"$(foreach b,$(BENCHMARKS),$(firstword $(subst =, ,$(b))))"; exit 1; }
+	@for tool in $(BENCH_TOOLS_$*); do \
+		command -v $$tool >/dev/null || { apt-get update -qq && apt-get install -y -qq $$tool; } || \
+			{ echo "bench-$* needs $$tool: apt-get install $$tool"; exit 1; }; \
+	done
+	nice -n 10 $(PY) -m benchmarks.$(bench_module) $(ARGS)
 
 # The conformance matrix: every architecture x upload format x pass variant x output format as a real job through
 # the API (benchmarks/matrix.py); writes benchmarks/results/matrix.{json,md} and docs/support-matrix.md. All of it
