@@ -10,7 +10,7 @@ TORCH_VERSION := 2.13.0
 # builds that do not import next to the CPU torch; the module stands in for torchvision while importing it.
 ONNX2TORCH_VERSION := 1.5.15
 
-.PHONY: install run api worker test lint typecheck migrate openapi docs matrix clean
+.PHONY: install run api worker test test-fast lint typecheck migrate openapi docs matrix clean
 
 install: $(STAMP)
 
@@ -47,6 +47,15 @@ typecheck: install
 test: install lint typecheck
 	$(PY) -m pytest -q -ra -n 2 --dist loadfile -m "not serial"
 	$(PY) -m pytest -q -ra -m serial
+
+# The inner loop, a few minutes: what needs no service. Not the tests that use PostgreSQL and Redis (`postgres`,
+# marked in tests/conftest.py for the backend_env fixture's postgres_redis runs), restart them (`serial`), run
+# for long (`slow`) or start API and worker processes for whole jobs (`e2e`: tests/e2e). No lint or typecheck
+# (`make lint typecheck`). ARGS go to pytest: ARGS="tests/deepopt_core -k prune"; a -m in ARGS replaces the
+# selection (ARGS='-m "e2e and not postgres"').
+FAST_TESTS := not serial and not postgres and not slow and not e2e
+test-fast: install
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile -m "$(FAST_TESTS)" $(ARGS)
 
 # The committed OpenAPI spec and the generated client: run after changing the API or a pass's config.
 openapi: install

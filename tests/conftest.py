@@ -35,6 +35,20 @@ FAST_RECOVERY = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks that follow from how a test runs: `postgres` on every run on the PostgreSQL + Redis backend (the
+    `backend_env` fixture's postgres_redis parameter, however a test chose it), `e2e` on tests/e2e (live API and
+    worker processes). `make test-fast` leaves out both."""
+    e2e = ROOT / "tests" / "e2e"
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("backend_env") == "postgres_redis":
+            item.add_marker(pytest.mark.postgres)
+        if item.path.is_relative_to(e2e):
+            item.add_marker(pytest.mark.e2e)
+
+
 def reset_app_caches() -> None:
     from app.api.deps import get_storage
     from app.core.broker import get_sender

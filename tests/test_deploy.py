@@ -35,6 +35,7 @@ def test_migrations_roundtrip_on_sqlite(tmp_path: Path) -> None:
     _roundtrip(f"sqlite:///{tmp_path / 'db.sqlite'}")
 
 
+@pytest.mark.postgres
 def test_migrations_roundtrip_on_postgres() -> None:
     schema = f"deepopt_mig_{uuid.uuid4().hex[:8]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")

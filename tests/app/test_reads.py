@@ -87,6 +87,7 @@ def postgres_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[st
         admin.dispose()
 
 
+@pytest.mark.postgres
 def test_a_dropped_postgresql_connection_is_replaced_without_an_error(postgres_env: str) -> None:
     from app.core.reads import dispose_read_engines, read_rows
 

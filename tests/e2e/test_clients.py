@@ -113,6 +113,7 @@ def check_event_sequence(events: list[tuple[str, str | None, dict[str, Any], flo
     return events[-1][2]
 
 
+@pytest.mark.postgres  # the `stack` fixture: PostgreSQL and Redis
 def test_generated_client_sse_webhook_and_s3(stack: Stack, digits: Any) -> None:
     """Upload, submit, follow, download with the generated client; the job on PostgreSQL + Redis + S3."""
     from deepopt_client import Client
@@ -182,6 +183,7 @@ def test_generated_client_sse_webhook_and_s3(stack: Stack, digits: Any) -> None:
     assert 'deepopt_webhook_deliveries{status="delivered"} 1.0' in metrics
 
 
+@pytest.mark.postgres  # the `stack` fixture: PostgreSQL and Redis
 def test_redis_wakes_streams_before_their_poll(stack: Stack, digits: Any) -> None:
     """With Redis, a change reaches an open stream at once, though the stream re-reads the row only every 3 s."""
     with httpx.Client(base_url=stack.url, timeout=60) as client:
@@ -215,6 +217,7 @@ def deepopt(stack: Stack, *args: str, key: str | None = None, check: bool = True
     return proc
 
 
+@pytest.mark.postgres  # the `stack` fixture: PostgreSQL and Redis
 def test_cli_as_a_user(stack: Stack, digits: Any, tmp_path: Path) -> None:
     model = json.loads(deepopt(stack, "models", "upload", str(digits.onnx), "--json").stdout)
     shown = deepopt(stack, "models", "upload", str(digits.torchscript)).stdout
@@ -268,6 +271,7 @@ def test_cli_as_a_user(stack: Stack, digits: Any, tmp_path: Path) -> None:
     assert bad.returncode == 1 and "passes.0.sparsity" in bad.stderr
 
 
+@pytest.mark.postgres  # the `stack` fixture: PostgreSQL and Redis
 def test_keys_from_the_cli(stack: Stack) -> None:
     """Last in this module: issuing a key closes the open server."""
     admin = json.loads(deepopt(stack, "keys", "create", "--tenant", "ops", "--admin", "--local", "--json").stdout)
