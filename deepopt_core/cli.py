@@ -5,20 +5,19 @@
     :class:`~deepopt_core.protocol.Failure` line and exits 2.
 
 ``python -m deepopt_core.cli run REQUEST_JSON``
-    The request is ``{"model", "model_format"?, "model_name"?, "passes", "data": {"calibration", "eval", "train"},
-    "outputs", "device", "benchmark", "workdir", "extra_models"?: {model_id: path}, "trial_dispatch"?: folder}``
-    (``extra_models``: other uploaded models that passes name, such as a distillation student;
-    ``trial_dispatch``: a folder through which the worker runs `auto` trials on other workers too, see
-    :mod:`deepopt_core.passes.auto.remote`). Prints :class:`~deepopt_core.protocol.Progress` lines (training
-    passes add their latest metrics), then writes ``<workdir>/result.json`` (a
+    The request is a :class:`deepopt_core.protocol.RunRequest` (with the model's stored inspection, the model is
+    not inspected again). Prints :class:`~deepopt_core.protocol.Progress` lines (the fraction, the pass it is in;
+    training passes add their latest metrics), then writes ``<workdir>/result.json`` (a
     :class:`deepopt_core.result.Result`) and prints a :class:`~deepopt_core.protocol.Done` line (exit 0). On bad
     input or a failed pass it prints a :class:`~deepopt_core.protocol.Failure` line and exits 3; any other
     failure exits 1 with a traceback on stderr.
 
 ``python -m deepopt_core.cli trial REQUEST_JSON``
-    One `auto` trial on a bundle: ``{"bundle", "number", "recipe", "workdir", "worker"}``; writes
-    ``<workdir>/trial.json`` (``{"status": "succeeded", "measurement"}`` or ``{"status": "failed", "error"}``) and
-    the trial's model ``<workdir>/trial.onnx``, prints a Done line and exits 0.
+    One `auto` trial on a bundle (a :class:`deepopt_core.protocol.TrialRequest`); writes ``<workdir>/trial.json``
+    (``{"status": "succeeded", "measurement"}`` or ``{"status": "failed", "error"}``) and the trial's model
+    ``<workdir>/trial.onnx``, prints a Done line and exits 0.
+
+A request that is not valid exits 1 with the validation error on stderr.
 
 The API and the workers run these commands inside :mod:`deepopt_core.sandbox` and read stdout only as the
 messages of :mod:`deepopt_core.protocol`.
@@ -29,7 +28,6 @@ writing to file descriptor 1) goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -99,30 +97,26 @@ def _inspect(path: str, model_format: str | None, out: TextIO) -> int:
 def _run(request_path: str, out: TextIO) -> int:
     from deepopt_core.errors import DeepOptError, PassFailed
     from deepopt_core.pipeline import optimize
-    from deepopt_core.protocol import Done, Failure, Progress
+    from deepopt_core.protocol import Done, Failure, RunRequest, read_message
 
-    request = json.loads(Path(request_path).read_text())
-    workdir = Path(request["workdir"])
-    data = {k: v for k, v in (request.get("data") or {}).items() if v}
-    if request.get("trial_dispatch"):
+    request = read_message(request_path, RunRequest)
+    workdir = request.workdir
+    data = {role: str(path) for role, path in request.data if path}
+    if request.trial_dispatch:
         from deepopt_core.passes.auto.remote import use_dispatch
 
-        use_dispatch(request["trial_dispatch"])
-
-    def on_progress(fraction: float, stage: str, metrics: dict[str, Any] | None = None) -> None:
-        _emit(out, Progress(progress=min(max(fraction, 0.0), 1.0), stage=stage[:200], metrics=metrics or None))
-
+        use_dispatch(request.trial_dispatch)
     try:
-        model_info = None
-        if request.get("model_format"):
+        model_info = request.model_info
+        if model_info is None and request.model_format:
             from deepopt_core.formats import inspect_model
 
-            model_info = inspect_model(request["model"], request["model_format"])
+            model_info = inspect_model(request.model, request.model_format)
+        extra_models: dict[str, str | Path] = dict(request.extra_models)
         result = optimize(
-            request["model"], request.get("passes") or [], data, request.get("outputs"), workdir=workdir,
-            device=request.get("device") or "cpu", benchmark=request.get("benchmark"), on_progress=on_progress,
-            model_info=model_info, model_name=request.get("model_name"),
-            extra_models=request.get("extra_models") or None,
+            request.model, request.passes, data, request.outputs, workdir=workdir, device=request.device or "cpu",
+            benchmark=request.benchmark, on_event=lambda event: _emit(out, event), model_info=model_info,
+            model_name=request.model_name, extra_models=extra_models or None,
         )  # fmt: skip
     except (DeepOptError, PassFailed) as exc:
         logging.getLogger("deepopt.cli").error("pipeline failed: %s", exc)
@@ -135,9 +129,9 @@ def _run(request_path: str, out: TextIO) -> int:
 
 def _trial(request_path: str, out: TextIO) -> int:
     from deepopt_core.passes.auto.remote import run_trial_request
-    from deepopt_core.protocol import Done
+    from deepopt_core.protocol import Done, TrialRequest, read_message
 
-    run_trial_request(json.loads(Path(request_path).read_text()))
+    run_trial_request(read_message(request_path, TrialRequest))
     _emit(out, Done())
     return 0
 

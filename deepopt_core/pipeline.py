@@ -27,6 +27,7 @@ from deepopt_core.evaluate.runners import require_cuda
 from deepopt_core.formats import FILE_SUFFIXES, inspect_model
 from deepopt_core.passes.context import ModelHandle, PassContext
 from deepopt_core.planning import PlanError, Track, plan
+from deepopt_core.protocol import Progress as ProgressEvent
 from deepopt_core.registry import get_pass
 from deepopt_core.result import ArtifactResult, Result
 from deepopt_core.specs import BenchmarkSettings, ModelInfo, PassSpec
@@ -43,15 +44,21 @@ class _Progress:
 
     A callback that takes a third argument also receives the latest training metrics (``{"loss": ...}``) of
     the passes that report them; the stage then carries the step and loss too (``distill 120/400 loss 0.4123``).
+    `on_event` receives each report as a typed event, with the pass it is in.
     """
 
-    def __init__(self, callback: Progress | None):
+    def __init__(self, callback: Progress | None, on_event: Callable[[ProgressEvent], None] | None = None):
         self.callback = callback
+        self.on_event = on_event
         self.last = 0.0
         self.takes_metrics = _takes_metrics(callback)
 
-    def at(self, fraction: float, stage: str, metrics: dict[str, Any] | None = None) -> None:
+    def at(self, fraction: float, stage: str, metrics: dict[str, Any] | None = None, *,
+           pass_index: int | None = None, pass_type: str | None = None) -> None:
         self.last = max(self.last, min(fraction, 1.0))
+        if self.on_event is not None:
+            self.on_event(ProgressEvent(fraction=round(self.last, 4), stage=stage[:200], pass_index=pass_index,
+                                        pass_type=pass_type, metrics=metrics or None))
         if self.callback is None:
             return
         if metrics is not None and self.takes_metrics:
@@ -59,11 +66,14 @@ class _Progress:
         else:
             self.callback(round(self.last, 4), stage)
 
-    def span(self, start: float, end: float, stage: str) -> Callable[[float], None]:
-        return lambda f: self.at(start + (end - start) * f, stage)
+    def span(self, start: float, end: float, stage: str, pass_index: int | None = None,
+             pass_type: str | None = None) -> Callable[[float], None]:
+        return lambda f: self.at(start + (end - start) * f, stage, pass_index=pass_index, pass_type=pass_type)
 
-    def metrics_span(self, start: float, end: float, stage: str) -> Callable[[float, dict[str, Any]], None]:
-        return lambda f, m: self.at(start + (end - start) * f, metrics_stage(stage, m), m)
+    def metrics_span(self, start: float, end: float, stage: str, pass_index: int | None = None,
+                     pass_type: str | None = None) -> Callable[[float, dict[str, Any]], None]:
+        return lambda f, m: self.at(start + (end - start) * f, metrics_stage(stage, m), m, pass_index=pass_index,
+                                    pass_type=pass_type)
 
 
 def _takes_metrics(callback: Any) -> bool:
@@ -288,17 +298,18 @@ def _run_track(track: Track, specs: list[Any], model: Path, base: PassContext, h
             decisions.append(_import(handle, base, track.representation, span))
             done += 1
         if track.export_before == index:
-            span = progress.span(start + done * width, start + (done + 1) * width, "export")
             explicit = index if index < len(specs) and specs[index].type == "export" else None
+            span = progress.span(start + done * width, start + (done + 1) * width, "export", explicit, "export")
             decisions.append(_export(handle, export_spec, base, explicit, track.representation, span))
             done += 1
         if index in steps:
             spec = specs[index]
             lo, hi = start + done * width, start + (done + 1) * width
-            span = progress.span(lo, hi, spec.type)
+            span = progress.span(lo, hi, spec.type, index, spec.type)
             span(0.0)
             handle.model, decision = _run_pass(index, spec, handle, steps[index], base, track.representation, span,
-                                               progress.metrics_span(lo, hi, spec.type), track.outputs)
+                                               progress.metrics_span(lo, hi, spec.type, index, spec.type),
+                                               track.outputs)
             handle.quantized = handle.quantized or spec.type == "quantize"
             decisions.append(decision)
             done += 1
@@ -309,7 +320,8 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
              outputs: list[str] | None = None, *, workdir: str | Path, device: str = "cpu",
              benchmark: dict[str, Any] | BenchmarkSettings | None = None, on_progress: Progress | None = None,
              model_info: ModelInfo | dict[str, Any] | None = None, model_name: str | None = None,
-             extra_models: dict[str, str | Path] | None = None) -> Result:
+             extra_models: dict[str, str | Path] | None = None,
+             on_event: Callable[[ProgressEvent], None] | None = None) -> Result:
     """Optimize `model` with `passes`, save `outputs` into `workdir`, verify and benchmark them.
 
     Args:
@@ -326,6 +338,8 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
         model_info: the model's stored inspection (skips inspecting again).
         model_name: base of the output file names (default: the model file's stem).
         extra_models: other uploaded models that passes name by id (a distillation student), id -> file path.
+        on_event: receives the same reports as typed :class:`deepopt_core.protocol.Progress` events, which also
+            name the pass each is in (``pass_index``, ``pass_type``) and carry the metrics.
 
     Returns:
         The artifacts, the benchmarks (original first, ``artifact_index=None``), per-pass decisions, warnings.
@@ -340,7 +354,7 @@ def optimize(model: str | Path, passes: list[Any], data: dict[str, Any] | None =
     model = Path(model)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    progress = _Progress(on_progress)
+    progress = _Progress(on_progress, on_event)
     progress.at(0.0, "loading")
     try:
         specs = _SPECS.validate_python(list(passes))

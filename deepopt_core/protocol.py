@@ -1,19 +1,24 @@
-"""What a core child process says on stdout, as typed messages: one JSON object a line.
+"""What the API and the workers say to a core child process, and what it says back, as typed messages.
 
-The child (``python -m deepopt_core.cli``) writes them and the API and workers read them with
-:func:`parse_event`. A line that is not one of these messages, exactly, is not an event: it is logged by the
-reader and otherwise ignored, so nothing a model's code prints can become a progress report, an error or a model
-description. Bounds on every field keep a hostile child from filling the job row.
+The requests (:class:`RunRequest`, :class:`TrialRequest`) are written once by the worker (:func:`write_message`)
+and read back validated by the child (:func:`read_message`). The child (``python -m deepopt_core.cli``) answers
+on stdout, one JSON object a line, and the API and workers read those lines with :func:`parse_event`. A line
+that is not one of these messages, exactly, is not an event: it is logged by the reader and otherwise ignored, so
+nothing a model's code prints can become a progress report, an error or a model description. Bounds on every
+field keep a hostile child from filling the job row. Progress is data (:class:`Progress`: the fraction, the pass
+it is in); its `stage` is only the text a person reads, and no reader parses it back.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from deepopt_core.specs import ModelInfo
+from deepopt_core.specs import ModelFormat, ModelInfo
 
 log = logging.getLogger("deepopt.protocol")
 
@@ -25,12 +30,20 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Message = TypeVar("Message", bound=BaseModel)
+
+
 class Progress(_Message):
-    """How far the pipeline got; training passes add their latest metrics."""
+    """How far the pipeline got, and in which pass; training passes add their latest metrics."""
 
     event: Literal["progress"] = "progress"
-    progress: float = Field(ge=0.0, le=1.0)
-    stage: Annotated[str, Field(max_length=200)] = ""
+    fraction: float = Field(ge=0.0, le=1.0)
+    stage: Annotated[str, Field(max_length=200)] = Field(
+        "", description="What a person reads: `prune`, `distill 120/400 loss 0.4123`, `benchmark`.")
+    pass_index: int | None = Field(None, ge=0, le=10_000, description="The pass of the request being run.")
+    pass_type: Annotated[str, Field(max_length=64)] | None = Field(
+        None, description="Its type (`export` also for the export the plan adds; none while loading, saving, "
+        "verifying or benchmarking).")
     metrics: dict[Annotated[str, Field(max_length=64)], Metric] | None = Field(None, max_length=64)
 
 
@@ -80,3 +93,67 @@ def parse_event(line: bytes | str) -> Progress | Failure | Done | Inspected | No
     except ValidationError:
         log.warning("child output that is not a protocol message ignored: %.200s", text)
         return None
+
+
+# -- requests ---------------------------------------------------------------------------------------------------
+
+
+class RunData(_Message):
+    """The dataset files of a run, by role."""
+
+    calibration: Path | None = None
+    eval: Path | None = None
+    train: Path | None = None
+
+
+class RunRequest(_Message):
+    """One pipeline run (``python -m deepopt_core.cli run REQUEST``).
+
+    The pass specs and benchmark settings are validated by :func:`deepopt_core.pipeline.optimize` (a bad one is a
+    Failure message, not a crash); everything else here is validated when the request is read.
+    """
+
+    model: Path
+    model_info: ModelInfo | None = Field(
+        None, description="The model's inspection stored at upload: the child does not inspect it again.")
+    model_format: ModelFormat | None = Field(None, description="Without model_info: inspect the model as this.")
+    model_name: str | None = Field(None, max_length=255, description="Base of the output file names.")
+    passes: list[dict[str, Any]] = Field(default_factory=list)
+    data: RunData = Field(default_factory=RunData)
+    outputs: list[str] | None = None
+    device: str = "cpu"
+    benchmark: dict[str, Any] | None = None
+    workdir: Path = Field(description="Where the outputs and result.json go.")
+    extra_models: dict[str, Path] = Field(
+        default_factory=dict, description="Other uploaded models the passes name by id (a distillation student).")
+    trial_dispatch: Path | None = Field(
+        None, description="The folder through which the worker runs `auto` trials on other workers too "
+        "(:mod:`deepopt_core.passes.auto.folder`).")
+
+
+class TrialRequest(_Message):
+    """One `auto` trial on a bundle (``python -m deepopt_core.cli trial REQUEST``)."""
+
+    bundle: Path
+    number: int
+    recipe: list[dict[str, Any]]
+    workdir: Path = Field(description="Where trial.json (the answer) and trial.onnx go.")
+    worker: str | None = Field(None, description="The worker running it, as its decisions name it.")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all: a temporary name in the same folder, then a rename."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def write_message(path: Path, message: BaseModel) -> Path:
+    """Write a request (or any message) as JSON, atomically; returns `path`."""
+    write_atomic(path, message.model_dump_json(indent=2))
+    return path
+
+
+def read_message(path: str | Path, kind: type[Message]) -> Message:
+    """The message of type `kind` in `path`, validated (pydantic.ValidationError when it is not one)."""
+    return kind.model_validate_json(Path(path).read_text())

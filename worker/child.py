@@ -48,42 +48,42 @@ class ChildState:
     error: Failure | None = None
     done: bool = False
     lines: list[str] = field(default_factory=list)
-    # Seconds spent in each kind of stage (its first word: `prune`, `quantize`, `export`, `benchmark`, ...).
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    _stage_kind: str | None = None
-    _stage_since: float = 0.0
+    # Seconds spent in each type of pass (`prune`, `quantize`, `export`, ...), as the events name them.
+    pass_seconds: dict[str, float] = field(default_factory=dict)
+    _pass_type: str | None = None
+    _pass_since: float = 0.0
 
     def take(self, raw: bytes) -> None:
         """Apply one line of the child's stdout."""
         event = parse_event(raw)
         if isinstance(event, Progress):
-            self.progress = event.progress
+            self.progress = event.fraction
             self.stage = (event.stage or self.stage)[:64]
             if event.metrics:
                 self.metrics = event.metrics
-            self.enter(self.stage)
+            self.enter(event.pass_type)
         elif isinstance(event, Failure):
             self.error = event
         elif isinstance(event, Done):
-            self.close_stage()
+            self.leave()
             self.done = True
         elif raw.strip():
             self.lines.append(raw.decode("utf-8", "replace").strip()[:2000])
 
-    def enter(self, stage: str, now: float | None = None) -> None:
+    def enter(self, pass_type: str | None, now: float | None = None) -> None:
+        """The child now runs a pass of `pass_type` (None: none, it is loading, saving or benchmarking)."""
         now = time.monotonic() if now is None else now
-        kind = stage.split(" ", 1)[0].split("/", 1)[0] if stage else ""
-        if kind == self._stage_kind:
+        if pass_type == self._pass_type:
             return
-        self.close_stage(now)
-        self._stage_kind, self._stage_since = kind, now
+        self.leave(now)
+        self._pass_type, self._pass_since = pass_type, now
 
-    def close_stage(self, now: float | None = None) -> None:
+    def leave(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        if self._stage_kind:
-            spent = now - self._stage_since
-            self.stage_seconds[self._stage_kind] = self.stage_seconds.get(self._stage_kind, 0.0) + spent
-        self._stage_kind = None
+        if self._pass_type:
+            spent = now - self._pass_since
+            self.pass_seconds[self._pass_type] = self.pass_seconds.get(self._pass_type, 0.0) + spent
+        self._pass_type = None
 
 
 @dataclass

@@ -10,13 +10,13 @@ go out to the other workers from this same loop (:mod:`worker.dispatch`), so the
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from app.core.config import Settings, get_settings
@@ -25,7 +25,9 @@ from app.core.notify import notify_job
 from app.db.models import Artifact, Benchmark, Dataset, Job, Model, utcnow
 from app.services.histograms import JOB_DURATION, PASS_DURATION, observe
 from app.storage import Storage, copy_to, make_storage
+from deepopt_core.protocol import RunData, RunRequest, write_message
 from deepopt_core.sandbox import child_output
+from deepopt_core.specs import ModelInfo
 from worker.child import ChildState, supervise
 from worker.dispatch import TrialDispatcher
 from worker.identity import claim_identity
@@ -40,43 +42,42 @@ DATASET_ROLES = {"calibration": "calibration_dataset_id", "eval": "eval_dataset_
 
 
 def prepare(job: Job, model: Model, datasets: dict[str, Dataset | None], storage: Storage,
-            workdir: Path, extra_models: list[Model] | None = None) -> Path:
-    """Lay out the child's inputs and request file; returns the request path. `extra_models` are the other
-    uploaded models the passes name by id (a distillation's student or teacher)."""
+            workdir: Path, extra_models: list[Model] | None = None) -> tuple[Path, RunRequest]:
+    """Lay out the child's inputs and write its request; returns the request's path and the request.
+    `extra_models` are the other uploaded models the passes name by id (a distillation's student or teacher)."""
     inputs = workdir / "inputs"
     inputs.mkdir(parents=True)
     model_path = copy_to(storage, model.storage_key, inputs / MODEL_FILENAMES.get(model.format, "model.bin"))
-    extra: dict[str, str] = {}
+    extra: dict[str, Path] = {}
     for other in extra_models or []:
         folder = inputs / "models" / other.id
         folder.mkdir(parents=True, exist_ok=True)
-        extra[other.id] = str(copy_to(storage, other.storage_key,
-                                      folder / MODEL_FILENAMES.get(other.format, "model.bin")))
-    data: dict[str, str | None] = {}
-    for role, dataset in datasets.items():
-        data[role] = (
-            str(copy_to(storage, dataset.storage_key, inputs / f"{role}.{dataset.format}")) if dataset else None
-        )
+        extra[other.id] = copy_to(storage, other.storage_key, folder / MODEL_FILENAMES.get(other.format, "model.bin"))
+    data = RunData(**{role: copy_to(storage, dataset.storage_key, inputs / f"{role}.{dataset.format}")
+                      for role, dataset in datasets.items() if dataset is not None})
     spec = job.spec
-    request = {
-        "model": str(model_path),
-        "model_format": model.format,
-        "model_name": Path(model.filename).stem.split(".")[0] or "model",
-        "passes": spec["passes"],
-        "data": data,
-        "outputs": spec.get("outputs"),
-        "device": spec.get("device", "cpu"),
-        "benchmark": spec.get("benchmark"),
-        "workdir": str(workdir / "out"),
-        "extra_models": extra,
-    }
-    if any(p.get("type") == "auto" for p in spec["passes"]):
+    auto = any(p.get("type") == "auto" for p in spec["passes"])
+    request = RunRequest(
+        model=model_path, model_info=stored_info(model), model_format=model.format,
+        model_name=Path(model.filename).stem.split(".")[0] or "model", passes=spec["passes"], data=data,
+        outputs=spec.get("outputs"), device=spec.get("device") or "cpu", benchmark=spec.get("benchmark"),
+        workdir=workdir / "out", extra_models=extra,
         # The search's trials go out to the workers through this folder (worker.dispatch).
-        request["trial_dispatch"] = str(workdir / "trials")
+        trial_dispatch=workdir / "trials" if auto else None,
+    )  # fmt: skip
     (workdir / "out").mkdir()
-    request_path = workdir / "request.json"
-    request_path.write_text(json.dumps(request, indent=2))
-    return request_path
+    return write_message(workdir / "request.json", request), request
+
+
+def stored_info(model: Model) -> ModelInfo | None:
+    """The model's inspection stored at upload, which the child then need not repeat; None for one this version
+    no longer reads (an upload from before a change of the schema: the child inspects the model again)."""
+    try:
+        return ModelInfo.model_validate(model.info)
+    except ValidationError as exc:
+        log.warning("model %s: its stored inspection does not validate (%s); the job inspects it again", model.id,
+                    exc.errors()[0]["msg"])
+        return None
 
 
 def _named_models(spec: dict[str, Any]) -> list[str]:
@@ -115,11 +116,10 @@ def execute_job(job_id: str) -> str:
     outcome = "failed"
     dispatcher: TrialDispatcher | None = None
     try:
-        request_path = prepare(job, model, datasets, storage, workdir, extra_models)
-        folder = json.loads(request_path.read_text()).get("trial_dispatch")
-        if folder:
+        request_path, request = prepare(job, model, datasets, storage, workdir, extra_models)
+        if request.trial_dispatch is not None:
             dispatcher = TrialDispatcher(job_id=job_id, attempt=attempt, owner_id=worker_id, queue=job.queue,
-                                         folder=Path(folder), storage=storage, settings=settings)
+                                         folder=request.trial_dispatch, storage=storage, settings=settings)
         outcome = _run_child(job_id, worker_id, request_path, workdir, settings, state, dispatcher)
         if outcome == "done":
             outcome = _persist(job_id, worker_id, workdir, storage)
@@ -146,9 +146,10 @@ def _observe_durations(spec: dict[str, Any], state: ChildState, run_seconds: flo
     pass_types = list(dict.fromkeys(str(p.get("type")) for p in spec.get("passes", [])))
     for pass_type in pass_types:
         observe(JOB_DURATION, pass_type, run_seconds)
-    for kind, seconds in state.stage_seconds.items():
-        if kind in pass_types or kind == "export":
-            observe(PASS_DURATION, kind, seconds)
+    for pass_type, seconds in state.pass_seconds.items():
+        # Only the job's own pass types (and the export a plan adds): a child cannot invent labels.
+        if pass_type in pass_types or pass_type == "export":
+            observe(PASS_DURATION, pass_type, seconds)
 
 
 def _run_child(job_id: str, worker_id: str, request_path: Path, workdir: Path, settings: Settings,

@@ -24,6 +24,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.db.models import Trial
 from app.storage import copy_to, make_storage
+from deepopt_core.protocol import TrialRequest, write_message
 from deepopt_core.sandbox import child_output
 from worker.child import supervise
 from worker.identity import claim_identity, name_of
@@ -51,9 +52,9 @@ def execute_trial(trial_id: str) -> str:
         bundle.mkdir(parents=True)
         for name, key in trial.bundle.items():
             copy_to(storage, key, bundle / Path(name).name)
-        request = {"bundle": str(bundle), "number": trial.number, "recipe": trial.recipe,
-                   "workdir": str(folder / "out"), "worker": name_of(worker_id)}
-        (folder / "request.json").write_text(json.dumps(request))
+        write_message(folder / "request.json", TrialRequest(
+            bundle=bundle, number=trial.number, recipe=trial.recipe, workdir=folder / "out",
+            worker=name_of(worker_id)))
         outcome = _run_trial_child(trial_id, worker_id, folder, settings)
         if outcome != "done":
             return outcome

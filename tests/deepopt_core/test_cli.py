@@ -71,8 +71,11 @@ def test_run_torchscript_prune_quantize(digits, tmp_path):
     events = _events(proc.stdout)
     assert events[-1] == {"event": "result"}
     progress = [e for e in events[:-1]]
-    assert all(e["event"] == "progress" and 0.0 <= e["progress"] <= 1.0 for e in progress)
+    assert all(e["event"] == "progress" and 0.0 <= e["fraction"] <= 1.0 for e in progress)
     assert {"prune", "quantize", "export", "benchmark"} <= {e["stage"] for e in progress}
+    # Which pass each report is in is data, not read out of the stage text (the plan's export has no index).
+    assert {(e.get("pass_index"), e.get("pass_type")) for e in progress} == {
+        (0, "prune"), (1, "quantize"), (None, "export"), (None, None)}
     result = Result.model_validate_json((tmp_path / "out" / "result.json").read_text())
     assert [a.filename for a in result.artifacts] == [
         "digits-optimized.pt", "digits-optimized.onnx", "digits-tradeoff.svg", "digits-tradeoff.png",
@@ -99,3 +102,22 @@ def test_run_onnx_and_errors(digits, tmp_path):
     proc = cli("run", str(broken))
     assert proc.returncode == 1 and "Traceback" in proc.stderr
     _events(proc.stdout)
+
+
+def test_a_run_request_carries_the_stored_inspection(digits, tmp_path, monkeypatch):
+    """The worker writes the model's inspection from its upload into the request; the child takes it, validated,
+    instead of inspecting the model again."""
+    from deepopt_core import cli, pipeline
+    from deepopt_core.formats import inspect_model
+    from deepopt_core.protocol import RunRequest, read_message, write_message
+
+    request = RunRequest(model=digits["onnx"], model_info=inspect_model(digits["onnx"], "onnx"), model_format="onnx",
+                         passes=[{"type": "prune", "sparsity": 0.5}], benchmark=FAST_BENCH, workdir=tmp_path / "out")
+    path = write_message(tmp_path / "request.json", request)
+    assert read_message(path, RunRequest) == request
+    inspected: list[Path] = []
+    real = pipeline.inspect_model
+    monkeypatch.setattr(pipeline, "inspect_model", lambda p, *a, **k: inspected.append(Path(p)) or real(p, *a, **k))
+    assert cli.main(["run", str(path)]) == 0
+    assert Path(digits["onnx"]) not in inspected and inspected  # the outputs are still inspected
+    assert Result.model_validate_json((tmp_path / "out" / "result.json").read_text()).artifacts

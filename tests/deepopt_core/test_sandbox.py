@@ -174,15 +174,17 @@ def test_child_output_stays_in_the_childs_folder(tmp_path):
 
 
 def test_protocol_reads_only_its_own_messages():
-    assert isinstance(parse_event(b'{"event":"progress","progress":0.5,"stage":"prune"}'), Progress)
+    progress = parse_event(b'{"event":"progress","fraction":0.5,"stage":"prune","pass_index":0,"pass_type":"prune"}')
+    assert isinstance(progress, Progress) and (progress.pass_index, progress.pass_type) == (0, "prune")
     assert isinstance(parse_event('{"event":"result"}'), Done)
     assert isinstance(parse_event('{"event":"error","code":"bad","message":"m"}'), Failure)
     for forged in (
         b"not json", b"[1, 2]", b'{"format": "onnx"}',  # the old bare ModelInfo line
-        b'{"event":"progress","progress":7}', b'{"event":"result","extra":1}',
+        b'{"event":"progress","fraction":7}', b'{"event":"result","extra":1}',
+        b'{"event":"progress","progress":0.5}', b'{"event":"progress","fraction":0.5,"pass_index":-1}',
         b'{"event":"inspected","info":{"format":"onnx","env":{"DEEPOPT_ADMIN_KEY":"x"}}}',
         b'{"event":"inspected","info":{"format":"onnx","details":{"environ":"DEEPOPT_ADMIN_KEY=x"}}}',
-        b'{"event":"progress","progress":0.1,"stage":"' + b"x" * 500 + b'"}',
+        b'{"event":"progress","fraction":0.1,"stage":"' + b"x" * 500 + b'"}',
     ):
         assert parse_event(forged) is None, forged
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from deepopt_core.passes.auto.search import Measurement, TrialFailed, TrialNotStarted
 from deepopt_core.passes.auto.trials import OnnxTrialRunner, needs_training
+from deepopt_core.protocol import TrialRequest
 
 log = logging.getLogger("deepopt.passes.auto")
 POLL_S = 0.05
@@ -189,20 +190,19 @@ class DispatchTrialRunner:
         self.local.close()
 
 
-def run_trial_request(request: dict[str, Any]) -> dict[str, Any]:
-    """Run one trial of a bundle (``python -m deepopt_core.cli trial``): ``request`` is ``{"bundle", "number",
-    "recipe", "workdir", "worker"}``. Writes ``<workdir>/trial.json`` (the answer) and, when it was measured,
-    ``<workdir>/trial.onnx``; returns the answer."""
-    workdir = Path(request["workdir"])
+def run_trial_request(request: TrialRequest) -> dict[str, Any]:
+    """Run one trial of a bundle (``python -m deepopt_core.cli trial``). Writes ``<workdir>/trial.json`` (the
+    answer) and, when it was measured, ``<workdir>/trial.onnx``; returns the answer."""
+    workdir = request.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    runner = OnnxTrialRunner.from_bundle(Path(request["bundle"]), workdir / "scratch")
-    number = int(request["number"])
+    runner = OnnxTrialRunner.from_bundle(request.bundle, workdir / "scratch")
+    number = request.number
     payload: dict[str, Any]
     try:
-        measured = runner.run(number, request["recipe"])
+        measured = runner.run(number, request.recipe)
         shutil.copyfile(runner.paths[number], workdir / "trial.onnx")
-        measured.details["worker"] = request.get("worker")
+        measured.details["worker"] = request.worker
         payload = {"status": "succeeded", "measurement": measurement_json(measured)}
     except TrialFailed as exc:
         payload = {"status": "failed", "error": str(exc)[:2000]}
