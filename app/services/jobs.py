@@ -21,7 +21,7 @@ from app.db.models import Artifact, Benchmark, Dataset, IdempotencyKey, Job, Mod
 from app.schemas import JobCreate
 from app.services.keys import check_job_quota
 from deepopt_core.passes.base import SubmitContext, check_pass, referenced_models
-from deepopt_core.planning import PlanError, plan
+from deepopt_core.planning import PlanError, default_outputs, plan
 
 log = logging.getLogger("deepopt.jobs")
 DATASET_FIELDS = ("calibration_dataset_id", "eval_dataset_id", "train_dataset_id")
@@ -75,6 +75,7 @@ def validate_job(session: Session, tenant: str, body: JobCreate) -> tuple[Model,
         calibration=_info_or_none(datasets["calibration_dataset_id"]),
         eval=_info_or_none(datasets["eval_dataset_id"]),
         train=_info_or_none(datasets["train_dataset_id"]),
+        outputs=list(body.outputs) if body.outputs else default_outputs(model.format, list(body.passes)),
     )
     for index, spec in enumerate(body.passes):
         for location, message in check_pass(spec, context):

@@ -274,6 +274,12 @@ class StructuredPruneConfig(_PruneBase):
         elif wanted - found:
             problems.append((("units",), f"the model has no {sorted(wanted - found)} to prune; it has "
                              f"{sorted(found)}"))
+        elif self.units is None and "hf" in (context.outputs or ()):
+            # The units found on this model are the ones pruned: whether a Hugging Face config can describe the
+            # result depends on them (`output_problem` sees only units named in the spec).
+            message = self._hf_problem(found)
+            if message:
+                problems.append(((), message))
         return problems
 
     @staticmethod
@@ -301,13 +307,24 @@ class StructuredPruneConfig(_PruneBase):
         return found
 
     def output_problem(self, output_format: str) -> str | None:
-        if output_format == "hf" and set(self.units or []) & {"channels", "neurons"}:
+        if output_format != "hf":
+            return None
+        return self._hf_problem(set(self.units)) if self.units else (
+            self._hf_problem({"ffn"}) if self.scope == "global" else None)  # else: by the units found (`check`)
+
+    def _hf_problem(self, units: set[str]) -> str | None:
+        """Why `units` pruned with this scope cannot be saved as a Hugging Face model, or None."""
+        if units & {"channels", "neurons"}:
             return ("structured pruning of channels or neurons changes layer widths that a Hugging Face config "
                     "does not describe; ask for 'onnx', 'torchscript' or 'torch_export' output")
-        if output_format == "hf" and (self.scope == "global" or set(self.units or ["heads"]) & {"heads"}):
-            return ("structured pruning of attention heads (or with scope 'global') leaves layers of different "
-                    "shapes, which a Hugging Face config cannot describe; ask for 'onnx', 'torchscript' or "
-                    "'torch_export' output, or prune units ['ffn'] with scope 'layer'")
+        if "heads" in units:
+            return ("structured pruning of attention heads leaves layers with different head counts, which a "
+                    "Hugging Face config cannot describe; ask for 'onnx', 'torchscript' or 'torch_export' "
+                    "output, or prune units ['ffn'] with scope 'layer'")
+        if self.scope == "global":
+            return ("structured pruning with scope 'global' leaves layers of different widths, which a Hugging "
+                    "Face config cannot describe; ask for 'onnx', 'torchscript' or 'torch_export' output, or "
+                    "use scope 'layer'")
         return None
 
 

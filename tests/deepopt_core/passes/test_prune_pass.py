@@ -146,8 +146,17 @@ def test_structured_needs_prunable_structure() -> None:
     assert "TorchScript" in _problems(spec, TS)[("method",)]
     assert "['heads']" in _problems(StructuredPruneConfig(sparsity=0.5, units=["heads"]), EXPORT)[("units",)]
     assert "data" in _problems(StructuredPruneConfig(sparsity=0.5, importance="fisher"), EXPORT)[("importance",)]
-    assert StructuredPruneConfig(sparsity=0.5).output_problem("hf") is not None
+    # Named units are refused for hf output by the plan; without units, the units found on the model decide.
+    assert "head counts" in (StructuredPruneConfig(sparsity=0.5, units=["heads"]).output_problem("hf") or "")
     assert StructuredPruneConfig(sparsity=0.5, units=["ffn"]).output_problem("hf") is None
+    assert "scope 'global'" in (StructuredPruneConfig(sparsity=0.5, scope="global").output_problem("hf") or "")
+    spec = StructuredPruneConfig(sparsity=0.5)
+    assert spec.output_problem("hf") is None
+    assert "head counts" in _problems(spec, BERT, outputs=["hf"])[()]
+    assert _problems(spec, {**BERT, "details": {"model_type": "llama"}}, outputs=["hf"]) == {}  # FFN units only
+    resnet = {**BERT, "details": {"model_type": "resnet"}}
+    assert "channels or neurons" in _problems(spec, resnet, outputs=["hf"])[()]  # not "heads" on a CNN
+    assert _problems(spec, resnet, outputs=["onnx"]) == {}
 
 
 def test_planner_runs_torch_only_methods_before_the_onnx_export() -> None:
