@@ -66,9 +66,13 @@ def _scheme(bits: int, block: int, targets: list[str]) -> dict[str, Any]:
 def write_compressed(model: Any, folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Write ``model.safetensors`` and ``config.json`` (`config` plus its ``quantization_config``) into `folder`.
 
-    Returns the quantization_config written. Raises ValueError when a layer's input size is not a multiple of its
-    block size (compressed-tensors' group strategy needs whole groups).
+    Returns the quantization_config written. A layer whose input size is not a multiple of its block size (the
+    pass pads the last block) is written with groups of ``gcd(in_features, block)`` channels, each block's scale
+    repeated over its groups: compressed-tensors' group strategy needs whole groups, and the dequantized weights
+    stay exactly the job's.
     """
+    import math
+
     import torch
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
     from safetensors.torch import save_file
@@ -78,13 +82,13 @@ def write_compressed(model: Any, folder: Path, config: dict[str, Any]) -> dict[s
     state: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
         block = int(layer.qweight.shape[-1]) * (2 if layer.bits == 4 else 1)
-        if layer.in_features % block:
-            raise ValueError(f"layer {name!r} has {layer.in_features} input features, not a multiple of block_size "
-                             f"{block}: compressed-tensors stores whole groups; choose a block_size that divides "
-                             "every layer's input size, or ask for 'torchscript', 'torch_export' or 'onnx' output")
-        groups.setdefault((layer.bits, block), []).append(name)
+        group = math.gcd(layer.in_features, block)
+        scales = layer.qscales.reshape(layer.out_features, -1)
+        if group != block:  # ConvNeXt's 16-feature layers under block 32: one padded block = one group of 16
+            scales = scales.repeat_interleave(block // group, dim=1)[:, : layer.in_features // group]
+        groups.setdefault((layer.bits, group), []).append(name)
         state[f"{name}.weight_packed"] = pack_to_int32(_integers(layer), layer.bits)
-        state[f"{name}.weight_scale"] = layer.qscales.reshape(layer.out_features, -1).contiguous()
+        state[f"{name}.weight_scale"] = scales.contiguous()
         state[f"{name}.weight_shape"] = torch.tensor([layer.out_features, layer.in_features])
         if layer.bias is not None:
             state[f"{name}.bias"] = layer.bias.detach().contiguous()
