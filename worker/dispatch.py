@@ -1,7 +1,7 @@
 """The job's worker side of `auto` trials on several workers: from the dispatch folder to trial rows and back.
 
-The job's child process writes the waves of its search into a folder (the protocol is in
-:mod:`deepopt_core.passes.auto.remote`); the worker, which polls the child anyway to heartbeat the job, turns each
+The job's child process writes the waves of its search into a folder (its layout and messages are defined once,
+in :mod:`deepopt_core.passes.auto.folder`); the worker, which polls the child anyway to heartbeat the job, turns each
 wave into pending trial rows and one `run_trial` task per row, and answers the child as the rows end. Why the
 worker and not a task of its own: it already owns the job, its lifetime is the job's, and it can take trials
 itself. While the child waits on a wave, the worker claims one pending trial at a time for itself and has the
@@ -18,9 +18,7 @@ trials are cancelled and whoever runs one stops within a heartbeat.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from app.core.broker import send_run_trial
 from app.core.config import Settings
 from app.db.models import Trial, utcnow
 from app.storage import Storage, copy_to
+from deepopt_core.passes.auto.folder import TrialAnswer, TrialFolder, TrialMeasurement
 from deepopt_core.sandbox import child_output
 from worker.identity import name_of, worker_name
 from worker.rows import (
@@ -49,21 +48,13 @@ SYNC_S = 0.25  # how often the rows are read while trials are out
 CAPACITY_S = 2.0  # how often the count of workers on the queue is refreshed
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload))
-    os.replace(temporary, path)
-
-
 class TrialDispatcher:
     """Serves one job attempt's dispatch folder; :meth:`poll` is called from the job's heartbeat loop."""
 
     def __init__(self, *, job_id: str, attempt: int, owner_id: str, queue: str, folder: Path, storage: Storage,
                  settings: Settings):
         self.job_id, self.attempt, self.owner_id, self.queue = job_id, attempt, owner_id, queue
-        self.folder, self.storage, self.settings = folder, storage, settings
-        for sub in ("waves", "local", "done", "results"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+        self.folder, self.storage, self.settings = TrialFolder(folder), storage, settings
         self.bundles: dict[str, dict[str, str]] = {}  # bundle folder name -> file name -> storage key
         self.waves_seen: set[str] = set()
         self.answered: set[str] = set()  # keys the child has an answer for
@@ -97,31 +88,25 @@ class TrialDispatcher:
     # -- the folder -----------------------------------------------------------------------------------------
 
     def _write_capacity(self) -> None:
-        count = workers_serving(self.queue, stale_after_s=self.settings.stale_after_s)
-        (self.folder / ".capacity.tmp").write_text(str(max(1, count)))
-        os.replace(self.folder / ".capacity.tmp", self.folder / "capacity")
+        self.folder.write_capacity(workers_serving(self.queue, stale_after_s=self.settings.stale_after_s))
 
     def _bundle(self, name: str) -> dict[str, str]:
         if name not in self.bundles:
-            folder = self.folder / Path(name).name
             # Files the job's child wrote: links and anything outside its folder are never uploaded.
-            self.bundles[name] = {path.name: self.storage.put_file(child_output(path, self.folder)).key
-                                  for path in sorted(folder.iterdir()) if path.is_file()}
+            self.bundles[name] = {path.name: self.storage.put_file(child_output(path, self.folder.root)).key
+                                  for path in self.folder.bundle_files(name)}
         return self.bundles[name]
 
     def _take_waves(self) -> None:
-        for path in sorted((self.folder / "waves").glob("*.json")):
-            if path.name in self.waves_seen:
-                continue
-            wave = json.loads(path.read_text())
-            bundle = self._bundle(wave["bundle"])
+        for name, wave in self.folder.waves(self.waves_seen):
+            bundle = self._bundle(wave.bundle)
             now = utcnow()
-            deadline = now + timedelta(seconds=wave["deadline_s"]) if wave.get("deadline_s") is not None else None
-            rows = [Trial(job_id=self.job_id, attempt=self.attempt, key=t["key"], number=t["number"],
-                          recipe=t["recipe"], bundle=bundle, queue=self.queue, owner_id=self.owner_id,
-                          status="pending", deadline_at=deadline, created_at=now) for t in wave["trials"]]
+            deadline = now + timedelta(seconds=wave.deadline_s) if wave.deadline_s is not None else None
+            rows = [Trial(job_id=self.job_id, attempt=self.attempt, key=t.key, number=t.number,
+                          recipe=t.recipe, bundle=bundle, queue=self.queue, owner_id=self.owner_id,
+                          status="pending", deadline_at=deadline, created_at=now) for t in wave.trials]
             ids = add_trials(rows)
-            self.waves_seen.add(path.name)
+            self.waves_seen.add(name)
             self.outstanding += len(ids)
             self.next_sync = 0.0
             for trial_id in ids:  # after the commit, so that a fast worker finds the rows
@@ -135,15 +120,14 @@ class TrialDispatcher:
         if self.local is None:
             return
         key, trial_id = self.local
-        done = self.folder / "done" / f"{key}.json"
-        if not done.exists():
+        answer = self.folder.done(key)
+        if answer is None:
             return
-        answer = json.loads(done.read_text())
-        values: dict[str, Any] = {"status": answer["status"], "seconds": answer.get("seconds")}
-        if answer["status"] == "succeeded":
-            values["result"] = answer["measurement"]
+        values: dict[str, Any] = {"status": answer.status, "seconds": answer.seconds}
+        if answer.status == "succeeded" and answer.measurement is not None:
+            values["result"] = answer.measurement.model_dump()
         else:
-            values["error"] = str(answer.get("error"))[:4000]
+            values["error"] = str(answer.error)[:4000]
         finish_trial(trial_id, self.owner_id, **values)
         self.local = None
         self.answered.add(key)
@@ -151,13 +135,13 @@ class TrialDispatcher:
         self.next_sync = 0.0
 
     def _answer(self, row: Trial) -> None:
-        payload: dict[str, Any] = {"status": row.status, "seconds": row.seconds, "worker": name_of(row.worker_id),
-                                   "error": row.error}
+        answer = TrialAnswer(status=row.status, seconds=row.seconds, worker=name_of(row.worker_id),
+                             error=row.error)
         if row.status == "succeeded":
             assert row.model_key is not None and row.result is not None
-            copy_to(self.storage, row.model_key, self.folder / "results" / f"{row.key}.onnx")
-            payload["measurement"] = row.result
-        write_json(self.folder / "results" / f"{row.key}.json", payload)
+            copy_to(self.storage, row.model_key, self.folder.result_model(row.key))  # before its answer
+            answer.measurement = TrialMeasurement.model_validate(row.result)
+        self.folder.write_result(row.key, answer)
         self.answered.add(row.key)
         self.outstanding -= 1
 
@@ -186,7 +170,7 @@ class TrialDispatcher:
         """Claim the first pending trial for this worker and hand it to the child."""
         for trial_id, key in pending_trials(self.job_id, self.attempt):
             if claim_trial(trial_id, self.owner_id):
-                write_json(self.folder / "local" / f"{key}.json", {"worker": worker_name()})
+                self.folder.assign(key, worker_name())
                 self.local = (key, trial_id)
                 return
 

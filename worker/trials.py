@@ -15,7 +15,6 @@ trials left behind by owners that died.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -24,7 +23,8 @@ from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.db.models import Trial
 from app.storage import copy_to, make_storage
-from deepopt_core.protocol import TrialRequest, write_message
+from deepopt_core.passes.auto.folder import TrialAnswer
+from deepopt_core.protocol import TrialRequest, read_message, write_message
 from deepopt_core.sandbox import child_output
 from worker.child import supervise
 from worker.identity import claim_identity, name_of
@@ -59,14 +59,13 @@ def execute_trial(trial_id: str) -> str:
         if outcome != "done":
             return outcome
         out = folder / "out"
-        answer = json.loads(child_output(out / "trial.json", out).read_text())
-        if answer["status"] != "succeeded":
-            finish_trial(trial_id, worker_id, status="failed", error=str(answer.get("error"))[:4000],
-                         seconds=answer.get("seconds"))
+        answer = read_message(child_output(out / "trial.json", out), TrialAnswer)
+        if answer.status != "succeeded" or answer.measurement is None:
+            finish_trial(trial_id, worker_id, status="failed", error=str(answer.error)[:4000], seconds=answer.seconds)
             return "failed"
         stored = storage.put_file(child_output(out / "trial.onnx", out))
-        done = finish_trial(trial_id, worker_id, status="succeeded", result=answer["measurement"],
-                            model_key=stored.key, seconds=answer.get("seconds"))
+        done = finish_trial(trial_id, worker_id, status="succeeded", result=answer.measurement.model_dump(),
+                            model_key=stored.key, seconds=answer.seconds)
         return "succeeded" if done else "cancelled"
     except Exception as exc:
         log.exception("trial %s failed in the worker", trial_id)

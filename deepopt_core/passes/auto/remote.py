@@ -1,24 +1,8 @@
 """Trials of the `auto` pass on several workers, as seen from the core: a folder shared with the job's worker.
 
-Why a folder: the search runs in the job's child process, which holds the model and the data but has no database
-and no broker (the core never imports them); only the worker process that started it can enqueue Celery tasks,
-claim rows and reach the storage. So the child writes what it wants run, the worker answers with what came back,
-and neither needs the other's libraries. Every file is written under a temporary name and renamed, so a reader
-sees it whole or not at all. The layout of the dispatch folder (``trial_dispatch`` in the run request):
-
-``capacity``
-    the worker: how many workers now serve the job's queue (the width of a wave, at least 1).
-``bundle-<search>/``
-    the child, once per search: what a trial needs on another machine (:meth:`OnnxTrialRunner.write_bundle`).
-``waves/<search>-<wave>.json``
-    the child: ``{"search", "bundle", "deadline_s", "trials": [{"key", "number", "recipe"}]}``; it then waits
-    until every trial of the wave has an answer.
-``local/<key>.json``
-    the worker claimed this trial for itself: ``{"worker"}``. The child runs it here, in this process, exactly
-    as with no server (no copy of the model, no new process, no upload), and writes ``done/<key>.json``.
-``results/<key>.json`` (and ``results/<key>.onnx``)
-    the worker: the answer for a trial another worker ran (``succeeded`` with the measurement and its model,
-    ``failed`` with the error), or one no worker started before the minutes ran out (``skipped``).
+The search runs in the job's child, which has no database and no broker; it writes the trials it wants run into
+the dispatch folder (``trial_dispatch`` in the run request) and the worker that started it answers there. The
+layout and its messages are defined once, in :mod:`deepopt_core.passes.auto.folder`, for both sides.
 
 Local-only trials: a recipe that trains on the job's train dataset (structured pruning with `fine_tune`,
 `distill`; :func:`deepopt_core.passes.auto.trials.needs_training`) is never written into a wave, since a bundle
@@ -33,17 +17,16 @@ trial's latency only orders and rejects candidates, it never decides alone.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from deepopt_core.passes.auto.folder import TrialAnswer, TrialFolder, TrialMeasurement, Wave, WaveTrial
 from deepopt_core.passes.auto.search import Measurement, TrialFailed, TrialNotStarted
 from deepopt_core.passes.auto.trials import OnnxTrialRunner, needs_training
-from deepopt_core.protocol import TrialRequest
+from deepopt_core.protocol import TrialRequest, write_message
 
 log = logging.getLogger("deepopt.passes.auto")
 POLL_S = 0.05
@@ -62,16 +45,16 @@ def runner_for(local: OnnxTrialRunner) -> OnnxTrialRunner | DispatchTrialRunner:
     return DispatchTrialRunner(local, folder) if folder is not None else local
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` to `path` atomically (a temporary name in the same folder, then a rename)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload))
-    os.replace(temporary, path)
+def measurement_message(measurement: Measurement) -> TrialMeasurement:
+    return TrialMeasurement(quality=measurement.quality, latency_ms=measurement.latency_ms,
+                            size_bytes=measurement.size_bytes, details=measurement.details)
 
 
-def measurement_json(measurement: Measurement) -> dict[str, Any]:
-    return {"quality": measurement.quality, "latency_ms": measurement.latency_ms,
-            "size_bytes": measurement.size_bytes, "details": measurement.details}
+def answer_of(outcome: Measurement | TrialFailed) -> TrialAnswer:
+    """The answer a trial's outcome is written as."""
+    if isinstance(outcome, TrialFailed):
+        return TrialAnswer(status="failed", error=str(outcome)[:2000], seconds=outcome.seconds)
+    return TrialAnswer(status="succeeded", measurement=measurement_message(outcome), seconds=outcome.seconds)
 
 
 class DispatchTrialRunner:
@@ -80,12 +63,10 @@ class DispatchTrialRunner:
 
     def __init__(self, local: OnnxTrialRunner, folder: Path):
         self.local = local
-        self.folder = folder
+        self.folder = TrialFolder(folder)
         self.search = next(_SEARCHES)
         self.waves = 0
-        self.bundle = folder / f"bundle-{self.search}"
-        for sub in ("waves", "local", "done", "results"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+        self.bundle = self.folder.bundle(self.search)
 
     def baseline(self) -> Measurement:
         measured = self.local.baseline()
@@ -93,10 +74,7 @@ class DispatchTrialRunner:
         return measured
 
     def parallelism(self) -> int:
-        try:
-            return max(1, int((self.folder / "capacity").read_text().strip() or 1))
-        except (OSError, ValueError):
-            return 1
+        return self.folder.capacity()
 
     def run(self, number: int, recipe: list[dict[str, Any]]) -> Measurement:
         outcome = self.run_many([(number, recipe)], deadline_s=float("inf"))[number]
@@ -112,11 +90,11 @@ class DispatchTrialRunner:
         recipes = dict(batch)
         if batch:
             self.waves += 1
-            write_json(self.folder / "waves" / f"{self.search}-{self.waves}.json", {
-                "search": self.search, "bundle": self.bundle.name,
-                "deadline_s": deadline_s if deadline_s != float("inf") else None,
-                "trials": [{"key": keys[number], "number": number, "recipe": recipe} for number, recipe in batch],
-            })  # fmt: skip
+            self.folder.write_wave(self.waves, Wave(
+                search=self.search, bundle=self.bundle.name,
+                deadline_s=deadline_s if deadline_s != float("inf") else None,
+                trials=[WaveTrial(key=keys[number], number=number, recipe=recipe) for number, recipe in batch],
+            ))  # fmt: skip
         answers: dict[int, Measurement | TrialFailed] = {}
         for number, recipe in local_only:  # while the others are out
             answers[number] = self._run_local(number, recipe, None)
@@ -126,13 +104,10 @@ class DispatchTrialRunner:
             for number, key in keys.items():
                 if number in answers:
                     continue
-                result = self.folder / "results" / f"{key}.json"
-                assigned = self.folder / "local" / f"{key}.json"
-                if result.exists():
-                    answers[number] = self._answer(number, key, json.loads(result.read_text()))
-                elif assigned.exists():
-                    worker = json.loads(assigned.read_text()).get("worker")
-                    answers[number] = self._run_here(number, key, recipes[number], worker)
+                if (result := self.folder.result(key)) is not None:
+                    answers[number] = self._answer(number, key, result)
+                elif (assigned := self.folder.assignment(key)) is not None:
+                    answers[number] = self._run_here(number, key, recipes[number], assigned.worker)
                 else:
                     continue
                 moved = True
@@ -154,30 +129,23 @@ class DispatchTrialRunner:
     def _run_here(self, number: int, key: str, recipe: list[dict[str, Any]],
                   worker: str | None) -> Measurement | TrialFailed:
         outcome = self._run_local(number, recipe, worker)
-        payload: dict[str, Any] = {"seconds": outcome.seconds}
-        if isinstance(outcome, TrialFailed):
-            payload.update(status="failed", error=str(outcome)[:2000])
-        else:
-            payload.update(status="succeeded", measurement=measurement_json(outcome))
-        write_json(self.folder / "done" / f"{key}.json", payload)
+        self.folder.write_done(key, answer_of(outcome))
         return outcome
 
-    def _answer(self, number: int, key: str, payload: dict[str, Any]) -> Measurement | TrialFailed:
-        status, seconds = payload.get("status"), payload.get("seconds")
-        details = {"worker": payload.get("worker")}
-        if status == "succeeded":
-            model = self.folder / "results" / f"{key}.onnx"
+    def _answer(self, number: int, key: str, answer: TrialAnswer) -> Measurement | TrialFailed:
+        details = {"worker": answer.worker}
+        if answer.status == "succeeded" and answer.measurement is not None:
             try:
-                self.local.adopt(number, model)
+                self.local.adopt(number, self.folder.result_model(key))
             except Exception as exc:  # a model that does not load here cannot be chosen
-                return TrialFailed(f"the trial's model from {payload.get('worker')} does not load: {exc}"[:300],
-                                   seconds=seconds, details=details)
-            measured = payload["measurement"]
-            return Measurement(float(measured["quality"]), float(measured["latency_ms"]), int(measured["size_bytes"]),
-                               {**measured.get("details", {}), **details}, seconds=seconds)
-        if status == "skipped":
-            return TrialNotStarted(str(payload.get("error") or "the minutes budget ran out before it started"))
-        return TrialFailed(str(payload.get("error") or f"the trial ended {status}"), seconds=seconds,
+                return TrialFailed(f"the trial's model from {answer.worker} does not load: {exc}"[:300],
+                                   seconds=answer.seconds, details=details)
+            measured = answer.measurement
+            return Measurement(measured.quality, measured.latency_ms, measured.size_bytes,
+                               {**measured.details, **details}, seconds=answer.seconds)
+        if answer.status == "skipped":
+            return TrialNotStarted(answer.error or "the minutes budget ran out before it started")
+        return TrialFailed(answer.error or f"the trial ended {answer.status}", seconds=answer.seconds,
                            details=details)
 
     def retime(self, numbers: list[int]) -> dict[int, float]:
@@ -190,25 +158,24 @@ class DispatchTrialRunner:
         self.local.close()
 
 
-def run_trial_request(request: TrialRequest) -> dict[str, Any]:
+def run_trial_request(request: TrialRequest) -> TrialAnswer:
     """Run one trial of a bundle (``python -m deepopt_core.cli trial``). Writes ``<workdir>/trial.json`` (the
     answer) and, when it was measured, ``<workdir>/trial.onnx``; returns the answer."""
     workdir = request.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     runner = OnnxTrialRunner.from_bundle(request.bundle, workdir / "scratch")
-    number = request.number
-    payload: dict[str, Any]
+    outcome: Measurement | TrialFailed
     try:
-        measured = runner.run(number, request.recipe)
-        shutil.copyfile(runner.paths[number], workdir / "trial.onnx")
-        measured.details["worker"] = request.worker
-        payload = {"status": "succeeded", "measurement": measurement_json(measured)}
+        outcome = runner.run(request.number, request.recipe)
+        shutil.copyfile(runner.paths[request.number], workdir / "trial.onnx")
+        outcome.details["worker"] = request.worker
     except TrialFailed as exc:
-        payload = {"status": "failed", "error": str(exc)[:2000]}
+        outcome = exc
     finally:
         runner.close()
-    payload["seconds"] = time.perf_counter() - began
-    write_json(workdir / "trial.json", payload)
-    log.info("trial %d: %s", number, payload["status"])
-    return payload
+    outcome.seconds = time.perf_counter() - began
+    answer = answer_of(outcome)
+    write_message(workdir / "trial.json", answer)
+    log.info("trial %d: %s", request.number, answer.status)
+    return answer
