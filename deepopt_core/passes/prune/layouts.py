@@ -30,9 +30,11 @@ FFN_LAYOUTS = (
 )
 FFN_MODEL_TYPES = frozenset().union(*(layout.model_types for layout in FFN_LAYOUTS))
 
-# Hugging Face CNNs whose exported graph holds Conv/Linear chains structured pruning rebuilds, with the unit kinds
-# found there (measured on transformers' classes: EfficientNet's squeeze-excitation reads every expansion twice,
-# so it has none).
+# Hugging Face CNNs whose exported graph holds channel spaces structured pruning rebuilds, with the unit kinds
+# found there (measured on transformers' classes: ResNet's residual streams and inner chains, MobileNetV2's and
+# EfficientNet's expansions through their depthwise convs, EfficientNet's squeeze-excitation joined to them,
+# ConvNeXt's pointwise FFN).
 TRACED_UNITS: dict[str, frozenset[str]] = {
     "resnet": frozenset({"channels"}), "mobilenet_v2": frozenset({"channels"}), "convnext": frozenset({"neurons"}),
+    "efficientnet": frozenset({"channels"}),
 }

@@ -13,8 +13,10 @@ Units and what removing one rebuilds:
 * ``ffn``: an intermediate neuron of a transformer feed-forward block (``intermediate.dense`` / ``output.dense``,
   or ``linear1`` / ``linear2``).
 
-Chains of plain modules are found by tracing with ``torch.fx``; a chain is used only when every tensor on it has
-one user (no residual reads the pruned activations).
+Which Linear/Conv rows and columns, norms and depthwise filters share a unit is read off the traced graph
+(:mod:`deepopt_core.passes.prune.graph_units`): a residual add joins the channels of the convs that add into it,
+so a ResNet's stream shrinks together with every conv that reads it; a space that anything not understood reads
+(a reshape, a concat, a LayerNorm, the output) is left whole.
 
 Importance of a unit (``importance``):
 
@@ -52,6 +54,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepopt_core.formats.torch_common import unwrap
+from deepopt_core.passes.prune.graph_units import CONV as _CONV
+from deepopt_core.passes.prune.graph_units import UnitGroup, example_inputs, module_groups
+from deepopt_core.passes.prune.graph_units import get_module as _get
 from deepopt_core.passes.prune.layouts import FFN_LAYOUTS, FFNLayout
 from deepopt_core.passes.prune.recovery import (
     LABELS,
@@ -68,28 +73,8 @@ from deepopt_core.passes.prune.sparsity import count_parameters, head_layers, ma
 
 log = logging.getLogger("deepopt.passes.prune")
 
-UnitKind = Literal["neurons", "channels", "heads", "ffn"]
 Importance = Literal["magnitude", "taylor", "fisher"]
 UNIT_KINDS: tuple[str, ...] = ("neurons", "channels", "heads", "ffn")
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Hardswish, nn.Mish,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-)  # fmt: skip
-_PASS_FUNCTIONS = {
-    torch.relu, F.relu, F.gelu, F.silu, torch.tanh, torch.sigmoid, F.leaky_relu, F.elu, F.dropout, F.max_pool1d,
-    F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.hardswish,
-}  # fmt: skip
-_PASS_METHODS = {"relu", "sigmoid", "tanh"}
-# The same element-wise ops and pools as aten calls, in the graph of a ``torch.export`` program (lifted to modules).
-_PASS_ATEN = {
-    f"aten.{op}.default" for op in (
-        "relu", "relu_", "gelu", "silu", "tanh", "sigmoid", "dropout", "clone", "hardtanh", "leaky_relu", "elu",
-        "hardswish", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool2d",
-    )
-}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -172,43 +157,6 @@ class PrunedMultiheadAttention(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # Unit groups
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class UnitGroup:
-    """Units that are removed together from producers (output rows), norms and consumers (input columns).
-
-    Attributes:
-        kind: the unit kind.
-        name: the group's name (the producer, or ``<layer>.attention.self`` / ``<layer>.intermediate``).
-        size: number of units now.
-        producers: modules whose outputs are the units (``width`` consecutive rows per unit).
-        width: rows per unit in producers (head size for heads, else 1).
-        norms: BatchNorm modules with one entry per unit.
-        depthwise: depthwise convs between producer and consumers (one filter per unit, ``groups`` = units), cut
-            with them: a MobileNet block's expansion channels run through one.
-        consumers: modules reading the units (``consumer_width`` consecutive input columns per unit).
-        consumer_width: input columns per unit in consumers (head size; spatial size after Flatten; else 1).
-        owner: for heads, the attention module whose head count is updated.
-    """
-
-    kind: UnitKind
-    name: str
-    size: int
-    producers: list[str]
-    width: int = 1
-    norms: list[str] = field(default_factory=list)
-    consumers: list[str] = field(default_factory=list)
-    consumer_width: int = 1
-    owner: str | None = None
-    depthwise: list[str] = field(default_factory=list)
-
-
-def _get(root: nn.Module, name: str) -> Any:
-    module: Any = root
-    for part in name.split("."):
-        module = getattr(module, part)
-    return module
 
 
 def _set(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -303,251 +251,6 @@ def _ffn_groups(root: nn.Module, layers: list[tuple[str, FFNLayout]], claimed: s
     return groups
 
 
-# onnx2torch's per-channel modules (a converted ONNX upload), by class name: onnx2torch is imported only to convert.
-_PASS_ONNX_MODULES = {"OnnxGlobalAveragePool", "OnnxGlobalAveragePoolWithKnownInputShape"}
-
-
-def _constant(node: Any, modules: Mapping[str, nn.Module], depth: int = 0) -> torch.Tensor | None:
-    """The value of a converted ONNX graph's node computed from constants only (the legacy exporter computes a
-    Pad's pads from Constant nodes), or None if it reads an input."""
-    if not isinstance(node, torch.fx.Node):
-        return node if isinstance(node, torch.Tensor) else None
-    if node.op == "get_attr":  # an initializer
-        value: Any = _get(modules[""], str(node.target))
-        return value.detach() if isinstance(value, torch.Tensor) else None
-    if node.op != "call_module" or depth > 32:
-        return None
-    module = modules[str(node.target)]
-    if not type(module).__name__.startswith("Onnx"):
-        return None
-    args = [_constant(arg, modules, depth + 1) if isinstance(arg, torch.fx.Node) else arg for arg in node.args]
-    if any(arg is None for arg in args):
-        return None
-    with torch.no_grad():
-        result = module(*args)
-    return result if isinstance(result, torch.Tensor) else None
-
-
-def _pads_spatial_module(node: torch.fx.Node, module: nn.Module, modules: Mapping[str, nn.Module]) -> bool:
-    """Whether an onnx2torch Pad pads only the spatial dims (its pads, static or computed from constants)."""
-    name = type(module).__name__
-    if name == "OnnxPadStatic":  # torch order: the last dim first, batch and channel last
-        pads = list(getattr(module, "pads", []))
-        return len(pads) <= 4 or not any(pads[-4:])
-    if name == "OnnxPadDynamic" and len(node.args) > 1:
-        value = _constant(node.args[1], modules)
-        if value is None:
-            return False
-        pads = [int(v) for v in value.flatten().tolist()]  # ONNX order: begins of every dim, then ends
-        half = len(pads) // 2
-        return len(pads) >= 4 and not any(pads[:2] + pads[half:half + 2])
-    return False
-
-
-def _pads_spatial_dims(node: torch.fx.Node, conv: Any) -> bool:
-    """Whether `node` pads only the spatial dims of a conv's output (so each channel stays where it was)."""
-    if node.target not in (F.pad, torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default):
-        return False
-    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
-    return isinstance(pad, (list, tuple)) and len(pad) <= 2 * (conv.weight.dim() - 2)
-
-
-# Element-wise ops of an activation written out op by op: onnx2torch modules by class name, and FX/aten calls.
-_ELEMENTWISE_ONNX = {"OnnxErf", "OnnxBinaryMathOperation", "OnnxSigmoid", "OnnxTanh", "OnnxHardSigmoid"}
-_ELEMENTWISE_ATEN = {f"aten.{op}.{kind}" for op in ("add", "mul", "sub", "div") for kind in ("Tensor", "Scalar")} | {
-    "aten.erf.default", "aten.sigmoid.default", "aten.tanh.default"}
-
-
-def _is_scalar(arg: Any, modules: Mapping[str, nn.Module]) -> bool:
-    if isinstance(arg, (int, float)):
-        return True
-    value = _constant(arg, modules) if isinstance(arg, torch.fx.Node) else None
-    return value is not None and value.numel() == 1
-
-
-def _elementwise(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        module = modules[str(node.target)]
-        return isinstance(module, _PASS_MODULES) or type(module).__name__ in _ELEMENTWISE_ONNX
-    if node.op == "call_function":
-        return (node.target in _PASS_FUNCTIONS or str(node.target) in _PASS_ATEN
-                or str(node.target) in _ELEMENTWISE_ATEN or getattr(node.target, "__name__", "") in (
-                    "add", "mul", "sub", "truediv", "erf"))
-    return False
-
-
-def _elementwise_tail(start: torch.fx.Node, modules: Mapping[str, nn.Module], limit: int = 12
-                      ) -> torch.fx.Node | None:
-    """The one node where an element-wise region fed by `start` ends (``x * 0.5 * (1 + erf(x / sqrt(2)))``: a
-    GELU as the ONNX exporter writes it), if every op on the way is element-wise, reads only the region and
-    scalars, and nothing else reads the region; None otherwise."""
-    region: set[torch.fx.Node] = set()
-    frontier = list(start.users)
-    while frontier:
-        node = frontier.pop()
-        if node in region or not _elementwise(node, modules):
-            continue  # past the region's end: a reader of its tail, checked below
-        if len(region) >= limit or not all(
-                arg is start or arg in region or _is_scalar(arg, modules) or _feeds(arg, start)
-                for arg in node.args):
-            return None
-        region.add(node)
-        frontier.extend(node.users)
-    if any(user not in region for user in start.users):
-        return None
-    tails = [node for node in region if any(user not in region for user in node.users)]
-    if len(tails) != 1 or any(user in region for user in tails[0].users):
-        return None
-    return tails[0]
-
-
-def _feeds(arg: Any, start: torch.fx.Node) -> bool:
-    """Whether `arg` is computed from `start` (a region node not visited yet)."""
-    seen = 0
-    stack = [arg] if isinstance(arg, torch.fx.Node) else []
-    while stack and seen < 32:
-        current = stack.pop()
-        seen += 1
-        if current is start:
-            return True
-        stack.extend(a for a in current.args if isinstance(a, torch.fx.Node))
-    return False
-
-
-def _is_depthwise(conv: Any, channels: int) -> bool:
-    return bool(conv.groups == conv.in_channels == conv.out_channels == channels)
-
-
-def _exported_graph(root: nn.Module, example: Mapping[str, torch.Tensor]) -> torch.fx.GraphModule | None:
-    """The lifted graph of `root` exported on `example` (in eval mode, so batch norms use their statistics):
-    its Linear/Conv/BatchNorm modules carry `root`'s module names, so the groups found in it apply to `root`."""
-    from deepopt_core.passes.finetune.modules import lift
-
-    was = root.training
-    root.eval()
-    try:
-        program = torch.export.export(root, (), kwargs=dict(example), strict=False)
-    except Exception as exc:  # noqa: BLE001 (any export failure means: no traced chains)
-        log.info("structured: the model cannot be exported to find its chains (%s)", exc)
-        return None
-    finally:
-        root.train(was)
-    graph_module: Any = lift(program.module())
-    return graph_module  # type: ignore[no-any-return]
-
-
-def example_inputs(root: nn.Module, data: Sequence[Batch] | None) -> dict[str, torch.Tensor] | None:
-    """Inputs to export `root` on, to find the chains of a model ``torch.fx`` cannot trace (a Hugging Face one):
-    two rows of the first batch (the forward's own arguments, not labels), or random pixels of the size a
-    vision config names."""
-    import inspect
-
-    params = inspect.signature(root.forward).parameters
-    if data:
-        return {k: v[:2] for k, v in data[0].items() if k in params and k != "labels" and torch.is_tensor(v)}
-    config = getattr(root, "config", None)
-    if config is not None and getattr(root, "main_input_name", None) == "pixel_values":
-        size = getattr(config, "image_size", 224)
-        size = size if isinstance(size, int) else 224
-        return {"pixel_values": torch.randn(2, int(getattr(config, "num_channels", 3)), size, size)}
-    return None
-
-
-def _traced_groups(root: nn.Module, claimed: set[str], example: Mapping[str, torch.Tensor] | None = None
-                   ) -> list[UnitGroup]:
-    """Linear->Linear and Conv->[BN]->[depthwise Conv->[BN]]...->Conv/Linear chains of a module that ``torch.fx``
-    can trace, of a ``torch.export`` graph (lifted), or of the graph of `root` exported on `example`."""
-    graph_root: nn.Module = root
-    if isinstance(root, torch.fx.GraphModule):  # a torch.export program: its graph already holds the chains
-        graph = root.graph
-    else:
-        try:
-            graph = torch.fx.symbolic_trace(root).graph
-        except Exception as exc:  # noqa: BLE001 (any tracing failure means: no traced chains)
-            log.debug("structured: torch.fx cannot trace the model (%s)", exc)
-            exported = _exported_graph(root, example) if example else None
-            if exported is None:
-                return []
-            graph_root, graph = exported, exported.graph
-    modules = dict(graph_root.named_modules())
-    groups = []
-    for node in graph.nodes:
-        if node.op != "call_module" or node.target in claimed:
-            continue
-        producer = modules[node.target]
-        is_conv = isinstance(producer, _CONV) and producer.groups == 1
-        if not (isinstance(producer, nn.Linear) or is_conv):
-            continue
-        size = producer.out_channels if is_conv else producer.out_features  # type: ignore[union-attr]
-        norms: list[str] = []
-        depthwise: list[str] = []
-        norm_allowed = is_conv  # one BatchNorm after the producer and after each depthwise conv
-        flattened = False
-        current = node
-        consumer = None
-        while True:
-            users = list(current.users)
-            if len(users) > 1:  # an activation written out op by op (a converted ONNX GELU): walk to its end
-                tail = _elementwise_tail(current, modules)
-                if tail is None:
-                    break
-                current = tail
-                continue
-            if not users:
-                break
-            user = users[0]
-            if not user.args or user.args[0] is not current:
-                break
-            if user.op == "call_module":
-                module = modules[user.target]
-                if isinstance(module, nn.Linear):
-                    if (is_conv and flattened and module.in_features % size == 0) or (
-                            not is_conv and module.in_features == size):
-                        consumer = (user.target, module.in_features // size)
-                    break
-                if isinstance(module, _CONV):
-                    if not is_conv or flattened:
-                        break
-                    if _is_depthwise(module, size):
-                        depthwise.append(user.target)
-                        norm_allowed = True
-                    else:
-                        if module.groups == 1 and module.in_channels == size:
-                            consumer = (user.target, 1)
-                        break
-                elif isinstance(module, _BN) and norm_allowed and not flattened:
-                    norms.append(user.target)
-                    norm_allowed = False
-                elif isinstance(module, nn.Flatten) and is_conv and module.start_dim == 1:
-                    flattened = True
-                elif is_conv and not flattened and _pads_spatial_module(user, module, modules):
-                    pass  # a converted ONNX Pad of the spatial dims
-                elif not isinstance(module, _PASS_MODULES) and type(module).__name__ not in _PASS_ONNX_MODULES:
-                    break
-            elif user.op == "call_function":
-                flatten = user.target is torch.flatten or str(user.target) == "aten.flatten.using_ints"
-                if flatten and is_conv and (user.args[1:2] == (1,) or user.kwargs.get("start_dim") == 1):
-                    flattened = True
-                elif is_conv and not flattened and _pads_spatial_dims(user, producer):
-                    pass  # the "same" padding of TF-style convs (transformers' MobileNets): per channel
-                elif user.target not in _PASS_FUNCTIONS and str(user.target) not in _PASS_ATEN:
-                    break
-            elif user.op == "call_method":
-                if user.target == "flatten" and is_conv and (user.args[1:2] == (1,) or user.kwargs.get(
-                        "start_dim") == 1):
-                    flattened = True
-                elif user.target not in _PASS_METHODS:
-                    break
-            else:
-                break
-            current = user
-        if consumer is None:
-            continue
-        groups.append(UnitGroup("channels" if is_conv else "neurons", node.target, size, [node.target], 1, norms,
-                                [consumer[0]], consumer[1], depthwise=depthwise))
-    return groups
-
-
 def find_unit_groups(
     model: nn.Module,
     *,
@@ -580,7 +283,7 @@ def find_unit_groups(
         groups += _ffn_groups(root, ffn_layers, {p for g in groups for p in g.producers})
     claimed = {p for g in groups for p in g.producers + g.consumers}
     if {"neurons", "channels"} & wanted and not bert_layers(root) and not ffn_layers:
-        groups += _traced_groups(root, claimed, example)
+        groups += module_groups(root, claimed, example)
     heads = head_layers(root) if keep_head else set()
     selected = []
     for group in groups:
@@ -699,20 +402,26 @@ def _fisher_scores(model: nn.Module, groups: Sequence[UnitGroup], data: Sequence
     current: dict[str, torch.Tensor] = {}
 
     def pre_hook(group: UnitGroup, conv: bool) -> Any:
+        # One mask per forward, shared by every consumer of the group (a residual stream has several): its
+        # gradient sums what removing the unit costs on every path.
         def fn(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             x = args[0]
-            mask = torch.ones(_mask_shape(x, group.size, group.consumer_width, conv), dtype=x.dtype,
-                              requires_grad=True)
-            current[group.name] = mask
-            scale = mask if conv or group.consumer_width == 1 else mask.repeat_interleave(group.consumer_width, -1)
+            mask = current.get(group.name)
+            if mask is None or mask.shape[0] != x.shape[0]:
+                mask = torch.ones(x.shape[0], group.size, dtype=x.dtype, requires_grad=True)
+                current[group.name] = mask
+            scale = mask.reshape(_mask_shape(x, group.size, group.consumer_width, conv))
+            if not conv and group.consumer_width > 1:
+                scale = scale.repeat_interleave(group.consumer_width, -1)
             return (x * scale, *args[1:])
 
         return fn
 
     handles = []
     for g in groups:
-        consumer = _get(root, g.consumers[0])
-        handles.append(consumer.register_forward_pre_hook(pre_hook(g, isinstance(consumer, _CONV))))
+        for name in g.consumers:
+            consumer = _get(root, name)
+            handles.append(consumer.register_forward_pre_hook(pre_hook(g, isinstance(consumer, _CONV))))
     labelled = objective == "labels"
     try:
         with _frozen_eval(root):
@@ -833,7 +542,11 @@ def _new_like(module: Any, weight: torch.Tensor, bias: torch.Tensor | None, grou
         new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     elif isinstance(module, _CONV):
         conv: Any = module
-        new = type(conv)(weight.shape[1] * groups, weight.shape[0], conv.kernel_size, stride=conv.stride,
+        # A subclass that computes as its torch class (transformers' EfficientNetDepthwiseConv2d takes other
+        # arguments) is rebuilt as that class.
+        base = next(c for c in type(conv).__mro__ if c in _CONV)
+        kind = base if type(conv).forward is base.forward else type(conv)
+        new = kind(weight.shape[1] * groups, weight.shape[0], conv.kernel_size, stride=conv.stride,
                          padding=conv.padding, dilation=conv.dilation, groups=groups, bias=bias is not None,
                          padding_mode=conv.padding_mode)
     else:
@@ -1170,8 +883,8 @@ def structured_prune(
     t0 = time.perf_counter()
     for group in groups:
         before = group.size
-        refit = reconstruct and data and teacher is not None and all(
-            isinstance(_get(root, c), nn.Linear) for c in group.consumers)
+        refit = reconstruct and data and teacher is not None and len(group.consumers) == 1 and isinstance(
+            _get(root, group.consumers[0]), nn.Linear)
         io = _collect_io(model, teacher, group.consumers[0], data) if refit else None  # type: ignore[arg-type]
         apply_group(model, group, keep[group.name])
         if io is not None:

@@ -152,7 +152,7 @@ class _Residual(nn.Module):
 
 def test_width_students_narrow_the_same_unit_groups() -> None:
     """`distill` `width_ratio` derives its student from structured pruning's groups: through the BatchNorms and
-    the depthwise conv of the BN + depthwise CNN, and inside a residual block while the stream stays whole."""
+    the depthwise conv of the BN + depthwise CNN, and in a residual block, whose stream narrows as one group."""
     from deepopt_core.passes.distill.students import derive
 
     x = torch.randn(2, 3, 16, 16)
@@ -163,8 +163,34 @@ def test_width_students_narrow_the_same_unit_groups() -> None:
     torch.manual_seed(0)
     residual = _Residual().eval()
     student, facts = derive(lift(_program(residual, 16).module()), None, 0.5, "teacher")
-    assert facts["widths"] == {"inner": [16, 8]}  # the stem's channels feed the add: not a group
-    assert structured._get(student, "stem").out_channels == 8 and student(x).shape == (2, 4)
+    assert facts["widths"] == {"stem": [8, 4], "inner": [16, 8]}  # the stream: stem and back add into it
+    assert structured._get(student, "back").out_channels == 4 and structured._get(student, "head").in_features == 4
+    assert student(x).shape == (2, 4)
+
+
+@pytest.mark.parametrize("form", ["eager", "torch_export"])
+def test_a_residual_stream_is_one_group_and_its_dead_channels_are_removed_exactly(form: str) -> None:
+    """The stream of a residual block: every conv that adds into it is a producer, every layer that reads it a
+    consumer (DepGraph's coupled channels); channels dead in all producers leave the function unchanged."""
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    _random_statistics(model)
+    dead = torch.tensor([1, 5, 6])
+    with torch.no_grad():
+        for conv in (model.stem, model.back):
+            conv.weight[dead] = 0.0
+            conv.bias[dead] = 0.0
+    module = model if form == "eager" else lift(_program(model, 16).module())
+    groups = {g.name: g for g in structured.find_unit_groups(module)}
+    stream = groups["stem"]
+    assert (stream.kind, stream.size, stream.producers, stream.consumers) == (
+        "channels", 8, ["stem", "back"], ["inner", "head"])
+    x = torch.randn(3, 3, 16, 16)
+    before = module(x)
+    keep = torch.tensor([i for i in range(8) if i not in dead.tolist()])
+    structured.apply_group(module, stream, keep)
+    assert structured._get(module, "inner").in_channels == 5 and structured._get(module, "back").out_channels == 5
+    assert torch.allclose(module(x), before, atol=1e-5)
 
 
 def test_a_legacy_onnx_mobilenet_v2_is_pruned_through_its_computed_pads() -> None:
@@ -208,7 +234,9 @@ def test_an_activation_written_op_by_op_joins_a_group_unless_something_else_read
     torch.manual_seed(0)
     assert [(g.name, g.consumers) for g in structured.find_unit_groups(_WrittenOutGelu(False))] == [
         ("fc1", ["fc2"]), ("fc2", ["head"])]
-    assert [g.name for g in structured.find_unit_groups(_WrittenOutGelu(True))] == []  # fc1 feeds the add too
+    # fc1 also feeds the add, so fc2's output joins its units: one group, fc2 both reading and writing them.
+    assert [(g.name, g.producers, g.consumers) for g in structured.find_unit_groups(_WrittenOutGelu(True))] == [
+        ("fc1", ["fc1", "fc2"], ["fc2", "head"])]
 
 
 @pytest.mark.parametrize("upload", ["onnx", "onnx_dynamo"])
@@ -232,7 +260,58 @@ def test_convnext_onnx_exports_have_their_ffn_groups(upload: str) -> None:
     assert module(torch.from_numpy(np.concatenate([x, x[:1]]))).shape[0] == 3
 
 
-@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2", "convnext"])
+def _masked_output(model: nn.Module, groups: list[Any], keep: dict[str, torch.Tensor], x: torch.Tensor) -> Any:
+    """The model's output with the units not in `keep` zeroed where every consumer of their group reads them."""
+    hooks = []
+    for group in groups:
+        mask = torch.zeros(group.size)
+        mask[keep[group.name]] = 1.0
+        for name in group.consumers:
+            consumer = structured._get(model, name)
+            conv = isinstance(consumer, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+
+            def zero(_m: nn.Module, args: tuple[Any, ...], mask: torch.Tensor = mask, conv: bool = conv,
+                     width: int = group.consumer_width) -> tuple[Any, ...]:
+                inp = args[0]
+                scale = mask.reshape((1, -1) + (1,) * (inp.dim() - 2)) if conv else mask.repeat_interleave(width)
+                return (inp * scale, *args[1:])
+
+            hooks.append(consumer.register_forward_pre_hook(zero))
+    try:
+        with torch.no_grad():
+            return model(pixel_values=x).logits
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2", "efficientnet", "convnext"])
+def test_removing_units_computes_what_zeroing_them_at_every_consumer_computes(name: str) -> None:
+    """The definition of a unit group, checked on transformers' CNNs: cutting the units out of every producer,
+    norm, depthwise conv and consumer (ResNet's residual streams and shortcut projections, EfficientNet's
+    squeeze-excitation) gives the model that zeroing them at every consumer's input gives."""
+    from tests.fixtures.hf_architectures import build_architecture
+
+    model = _random_statistics(build_architecture(name, _HF_CNN[name]))
+    groups = structured.find_unit_groups(model, example=structured.example_inputs(model, None))
+    assert groups
+    if name in ("resnet", "efficientnet"):
+        assert any(len(g.producers) > 1 for g in groups)  # a residual stream / an SE product joins producers
+    keep = structured.choose_units(groups, structured.unit_importance(model, groups, "magnitude"), 0.5)
+    x = torch.randn(3, 3, 32, 32)
+    expected = _masked_output(model, groups, keep, x)
+    for group in groups:
+        structured.apply_group(model, group, keep[group.name])
+    with torch.no_grad():
+        got = model(pixel_values=x).logits
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+_HF_CNN = {"resnet": "ResNetForImageClassification", "mobilenet_v2": "MobileNetV2ForImageClassification",
+           "efficientnet": "EfficientNetForImageClassification", "convnext": "ConvNextForImageClassification"}
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2", "convnext", "efficientnet"])
 def test_transformers_cnns_are_pruned_along_the_chains_of_their_exported_graph(name: str) -> None:
     """torch.fx cannot trace transformers' models; their chains are found in the graph torch.export gives (on
     pixels of the config's size, or the first calibration batch), whose modules carry the model's own names."""
@@ -259,8 +338,9 @@ def test_which_transformers_cnns_structured_pruning_takes_is_known_at_submit() -
 
     assert StructuredPruneConfig.available_units(hf("resnet")) == {"channels"}
     assert StructuredPruneConfig.available_units(hf("convnext")) == {"neurons"}
+    assert StructuredPruneConfig.available_units(hf("efficientnet")) == {"channels"}  # SE joins its expansion
     spec = StructuredPruneConfig.model_validate({"type": "prune", "method": "structured", "sparsity": 0.5})
-    ((loc, message),) = check_pass(spec, SubmitContext(model=hf("efficientnet")))
+    ((loc, message),) = check_pass(spec, SubmitContext(model=hf("swin")))
     assert loc == ("method",) and "no prunable structure" in message
     channels = StructuredPruneConfig.model_validate({"type": "prune", "method": "structured", "sparsity": 0.5,
                                                      "units": ["channels"]})
