@@ -161,9 +161,16 @@ def load_compressed(folder: Path, config: dict[str, Any], *, dequantize: bool = 
 
 
 def _probe(config: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """Fixed token inputs for comparing two models: batch 2 x 16 tokens within the vocabulary."""
+    """Fixed inputs for comparing two models: batch 2 x 16 tokens within the vocabulary, or, for an image model,
+    2 images of its size."""
     import torch
 
+    if "pixel_values" in names:
+        size = config.get("image_size")
+        side = int(size if isinstance(size, int) else (size or [32])[0])
+        channels = int(config.get("num_channels") or 3)
+        generator = torch.Generator().manual_seed(0)
+        return {"pixel_values": torch.rand(2, channels, side, side, generator=generator)}
     vocab = int(config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or 100)
     ids = (torch.arange(32).reshape(2, 16) * 7919 + 3) % vocab
     feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
