@@ -127,6 +127,10 @@ def _output_fits_labels(context: SubmitContext, task: str) -> Problems:
              "gets one")]
 
 
+# Hugging Face families whose code reads conv attributes (stride, kernel size) that a LoRA conv does not expose.
+TF_PADDED_CONVS = frozenset({"mobilenet_v1", "mobilenet_v2"})
+
+
 class _FinetuneBase(TrainingConfig):
     type: Literal["finetune"] = Field("finetune", description="The pass: `finetune`; `method` selects the variant.")
     task: Literal["auto", "classification", "regression"] = Field(
@@ -157,6 +161,10 @@ class _FinetuneBase(TrainingConfig):
         if fmt == "torchscript" and method != "full":
             problems.append((("method",), f"{method!r} inserts modules, which a TorchScript model cannot take; "
                              "upload a torch.export (.pt2) or Hugging Face model, or use method 'full'"))
+        if fmt == "hf" and method == "lora" and details.get("model_type") in TF_PADDED_CONVS:
+            problems.append((("method",), "transformers' MobileNets pad TF-style by reading each conv's stride, "
+                             "which PEFT's LoRA wrapper of a conv hides, and their one Linear is the head: use "
+                             "method 'full', or upload the model as a torch.export (.pt2) program"))
         if self.task == "regression" and (context.train or {}).get("format") == "jsonl":
             problems.append((("task",), "regression needs float `labels` in an .npz training dataset"))
         if fmt in ("torchscript", "torch_export"):

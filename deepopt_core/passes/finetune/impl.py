@@ -158,6 +158,11 @@ def attach_method(spec: Any, core: Any, hf: bool) -> tuple[Any, Any, dict[str, A
         # stay frozen and are listed, instead of failing the job.
         grouped = {n: int(getattr(core.get_submodule(n), "groups", 1)) for n in targets}
         left = {n: f"groups={g} does not divide the rank r={spec.r}" for n, g in grouped.items() if spec.r % g}
+        if hf and getattr(getattr(core, "config", None), "tf_padding", False):
+            # transformers' MobileNets pad TF-style by reading each conv's stride and kernel size, which PEFT's
+            # LoRA wrapper of a conv does not expose: their convs stay frozen (the head still trains).
+            left.update({n: "the model's TF-style padding reads the conv's stride, which a LoRA conv hides"
+                         for n in targets if isinstance(core.get_submodule(n), nn.Conv2d) and n not in left})
         targets = [n for n in targets if n not in left]
         if not targets:
             raise PassFailed(f"finetune: LoRA can adapt none of the layers {sorted(left)[:6]}: "

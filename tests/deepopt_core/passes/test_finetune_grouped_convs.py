@@ -35,3 +35,31 @@ def test_lora_leaves_depthwise_convs_it_cannot_adapt_frozen_and_lists_them(tmp_p
     assert list(decision["left_frozen"]) == ["3"] and "groups=16" in decision["left_frozen"]["3"]
     assert "3" not in decision["target_modules"] and {"0", "6"} <= set(decision["target_modules"])
     assert [a for a in result.artifacts if a.format == "onnx"]
+
+
+def test_lora_on_a_transformers_mobilenet_is_refused_at_submit(tmp_path: Path) -> None:
+    """transformers' MobileNetV2 pads TF-style by reading each conv's stride, which PEFT's LoRA conv does not
+    expose: the job failed after acceptance ("'Conv2d' object has no attribute 'stride'", a matrix cell), and with
+    those convs frozen there is nothing left to adapt but the head. It is a 422 naming the method; a job run
+    without the submit check fails with a clear message instead of crashing."""
+    import shutil
+
+    from deepopt_core.errors import PassFailed
+    from deepopt_core.formats import inspect_model
+    from deepopt_core.passes.base import SubmitContext, check_pass
+    from deepopt_core.passes.finetune.config import LoraFinetuneConfig
+    from tests.fixtures.hf_architectures import save_architecture
+
+    folder = save_architecture("mobilenet_v2", tmp_path / "mobilenet", "MobileNetV2ForImageClassification")
+    source = Path(shutil.make_archive(str(tmp_path / "mobilenet"), "zip", folder.parent, folder.name))
+    spec = {"type": "finetune", "method": "lora", "r": 4, "max_steps": 2, "batch_size": 8, "validation_split": 0.0}
+    info = inspect_model(source).model_dump()
+    train_info = {"format": "npz", "num_rows": 16, "has_labels": True, "columns": {}}
+    problems = dict(check_pass(LoraFinetuneConfig.model_validate(spec), SubmitContext(model=info, train=train_info)))
+    assert "stride" in problems[("method",)] and "'full'" in problems[("method",)]
+    rng = np.random.default_rng(0)
+    train = tmp_path / "train.npz"
+    np.savez(train, pixel_values=rng.standard_normal((16, 3, 32, 32)).astype(np.float32),
+             labels=rng.integers(0, 2, 16))
+    with pytest.raises(PassFailed, match="LoRA can adapt none of the layers"):
+        optimize(source, [spec], {"train": train}, ["onnx"], workdir=tmp_path / "run", benchmark=BENCH)
