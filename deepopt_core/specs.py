@@ -107,6 +107,8 @@ class ModelDetails(BaseModel):
     opsets: dict[Name, int] | None = Field(None, max_length=64)
     # TorchScript
     traced: bool | None = None
+    float32_ops: list[Name] | None = Field(
+        None, max_length=32, description="TorchScript: ops that make float32 tensors whatever the weights' dtype.")
     traced_input_shapes: list[list[int]] | None = Field(None, max_length=64)
     forward_schema: Annotated[str, Field(max_length=8192)] | None = None
     # torch.export

@@ -81,6 +81,29 @@ def input_names(module: torch.jit.ScriptModule) -> list[str]:
     return [argument.name for argument in _schema(module).arguments[1:]]
 
 
+def float32_ops(module: Any) -> list[str]:
+    """The ops of a TorchScript graph that make float32 tensors whatever the weights' dtype (``aten::zeros`` or
+    ``aten::to`` with a constant ``dtype=torch.float32``, a float32 tensor constant): a trace of a transformer
+    writes its attention mask so, and a copy of the model in float16 then meets float32 activations."""
+    found: set[str] = set()
+    for node in module.inlined_graph.nodes():
+        kind = node.kind()
+        if kind == "prim::Constant":
+            if node.output().type().kind() == "TensorType" and node.output().toIValue().dtype == torch.float32:
+                found.add("a float32 tensor constant")
+            continue
+        if not kind.startswith("aten::"):
+            continue
+        try:
+            arguments = torch._C.parse_schema(node.schema()).arguments
+        except RuntimeError:  # an op without a schema (prim ops): no dtype argument
+            continue
+        for value, argument in zip(node.inputs(), arguments, strict=False):
+            if argument.name == "dtype" and value.node().kind() == "prim::Constant" and value.toIValue() == 6:
+                found.add(kind)  # 6: torch.float32's ScalarType
+    return sorted(found)[:32]
+
+
 def inspect_torchscript(path: str | Path) -> ModelInfo:
     """Describe a TorchScript archive: inputs (names from ``forward``, shapes from traced inputs), parameters.
 
@@ -110,6 +133,7 @@ def inspect_torchscript(path: str | Path) -> ModelInfo:
         op_types=module_kinds(module),
         prunable_layers=len(prunable_params(module)),
         details={
+            "float32_ops": float32_ops(module),
             "traced": metas is not None,
             "traced_input_shapes": [list(m.shape) for m in metas] if metas else None,
             "forward_schema": str(_schema(module)),

@@ -273,6 +273,16 @@ class _FloatConfig(_QuantizeConfig):
         "they take the 16-bit type too (ONNX only).",
     )  # fmt: skip
 
+    def check(self, context: SubmitContext) -> Problems:
+        problems = super().check(context)
+        fixed = (context.model.get("details") or {}).get("float32_ops")
+        if context.model.get("format") == "torchscript" and fixed and "torchscript" in (context.outputs or ()):
+            problems.append((("mode",), f"this TorchScript graph makes float32 tensors whatever the weights' type "
+                             f"({', '.join(fixed[:4])}), so its {self.mode} weights would meet float32 activations "  # type: ignore[attr-defined]
+                             "in a TorchScript output; ask for 'onnx' output, or upload a .pt2 or Hugging Face "
+                             "model"))
+        return problems
+
     def representation_problem(self, representation: str) -> str | None:
         if representation == "torch" and not self.keep_io_types:
             return "PyTorch outputs keep float32 inputs and outputs; keep_io_types false needs an ONNX output"
