@@ -117,8 +117,10 @@ def prunable_params(module: nn.Module) -> dict[str, torch.Tensor]:
     if is_graph(module):
         graph: Any = module.graph
         for node in graph.nodes:
-            if node.op == "call_function" and str(node.target) in _FX_WEIGHT_OPS and len(node.args) > 1:
-                weight = node.args[1]
+            # aten.addmm(bias, x, weight): transformers' Conv1D (GPT-2), its weight [in, out].
+            addmm = str(node.target) == "aten.addmm.default" and len(node.args) == 3 and not node.kwargs
+            if node.op == "call_function" and (str(node.target) in _FX_WEIGHT_OPS or addmm) and len(node.args) > 1:
+                weight = node.args[2] if addmm else node.args[1]
                 if getattr(weight, "op", None) == "get_attr":
                     tensor = get_attr(module, str(weight.target))
                     if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.dim() >= 2:

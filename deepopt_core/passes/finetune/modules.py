@@ -38,8 +38,8 @@ _LIFTED_CALLS = frozenset({"aten.linear.default", "aten.conv1d.default", "aten.c
 
 
 def lift(module: nn.Module) -> nn.Module:
-    """Turn ``aten.linear``/``aten.conv{1,2}d``/``aten.batch_norm`` calls of a ``torch.export`` GraphModule into
-    Linear/Conv/BatchNorm modules.
+    """Turn ``aten.linear``/``aten.conv{1,2}d``/``aten.batch_norm``/``aten.addmm`` calls of a ``torch.export``
+    GraphModule into Linear/Conv/BatchNorm/(transformers') Conv1D modules.
 
     Calls whose weight (and bias) are attributes ``<layer>.weight``/``<layer>.bias`` (and, for a norm, its running
     statistics ``<layer>.running_mean``/``<layer>.running_var``) become ``call_module`` nodes of a module named
@@ -57,6 +57,9 @@ def lift(module: nn.Module) -> nn.Module:
             continue
         if target == "aten.batch_norm.default":
             changed |= _lift_batch_norm(gm, node)
+            continue
+        if target == "aten.addmm.default":
+            changed |= _lift_conv1d(gm, node)
             continue
         if target not in _LIFTED_CALLS:
             continue
@@ -89,14 +92,37 @@ def lift(module: nn.Module) -> nn.Module:
     return gm
 
 
-def _replace_call(gm: Any, node: Any, layer: str, new: nn.Module) -> None:
+def _replace_call(gm: Any, node: Any, layer: str, new: nn.Module, source: Any = None) -> None:
     parent_name, _, child = layer.rpartition(".")
     parent = gm.get_submodule(parent_name) if parent_name else gm
     setattr(parent, child, new)
     with gm.graph.inserting_before(node):
-        call = gm.graph.call_module(layer, (node.args[0],))
+        call = gm.graph.call_module(layer, (node.args[0] if source is None else source,))
     node.replace_all_uses_with(call)
     gm.graph.erase_node(node)
+
+
+def _lift_conv1d(gm: Any, node: Any) -> bool:
+    """``aten.addmm(<layer>.bias, x, <layer>.weight)`` (transformers' Conv1D, GPT-2's projections, on rows
+    flattened to 2-D) -> a Conv1D module of that layer, which computes the same on those rows."""
+    if len(node.args) != 3 or node.kwargs:  # beta / alpha change the product
+        return False
+    bias_node, source, weight_node = node.args
+    names = [getattr(a, "target", None) if getattr(a, "op", None) == "get_attr" else None
+             for a in (weight_node, bias_node)]
+    if names[0] is None or not str(names[0]).endswith(".weight"):
+        return False
+    layer = str(names[0]).removesuffix(".weight")
+    if names[1] != f"{layer}.bias":
+        return False
+    from transformers.pytorch_utils import Conv1D
+
+    weight = gm.get_parameter(f"{layer}.weight")
+    new = Conv1D(weight.shape[1], weight.shape[0])
+    new.weight = weight
+    new.bias = gm.get_parameter(f"{layer}.bias")
+    _replace_call(gm, node, layer, new, source)
+    return True
 
 
 def _lift_batch_norm(gm: Any, node: Any) -> bool:

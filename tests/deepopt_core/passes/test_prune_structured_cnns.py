@@ -345,3 +345,24 @@ def test_which_transformers_cnns_structured_pruning_takes_is_known_at_submit() -
     channels = StructuredPruneConfig.model_validate({"type": "prune", "method": "structured", "sparsity": 0.5,
                                                      "units": ["channels"]})
     assert "Hugging Face config" in (channels.output_problem("hf") or "") and channels.output_problem("onnx") is None
+
+
+def test_gpt2_programs_have_their_conv1d_projections_lifted_and_counted() -> None:
+    # transformers' Conv1D exports as aten.addmm(bias, rows, weight): GPT-2's .pt2 had no prunable layer, so OBS
+    # ended "no prunable layers selected" after acceptance (a matrix cell) and its sparsity read 0.
+    from benchmarks import matrix_models as mm
+    from deepopt_core.formats.torch_common import prunable_params
+    from deepopt_core.formats.torch_export import load_torch_export
+    from deepopt_core.passes.prune.sparsity import select_layers
+
+    arch = mm.BY_NAME["gpt2"]
+    program = load_torch_export(mm.model_file(arch, "torch_export"))
+    assert len(prunable_params(program)) == 9  # 2 layers x (c_attn, c_proj, c_fc, mlp c_proj), and lm_head
+    feeds = [torch.from_numpy(v) for v in mm.example_inputs(arch, rows=2).values()]
+    before = program(*feeds)
+    lifted = lift(program)
+    assert not any(str(n.target) == "aten.addmm.default" for n in lifted.graph.nodes)
+    assert len(select_layers(lifted)) == 8
+    after = lifted(*feeds)
+    assert torch.equal(before[0] if isinstance(before, tuple | list) else before,
+                       after[0] if isinstance(after, tuple | list) else after)
