@@ -25,25 +25,30 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def sqlite_engine(url: str, *, timeout_s: float, pool_size: int, max_overflow: int,
+                  pragmas: tuple[str, ...]) -> Engine:
+    """A SQLite engine whose every new connection runs `pragmas` (``"busy_timeout=0"``, ...) first."""
+    engine = create_engine(url, connect_args={"timeout": timeout_s, "check_same_thread": False},
+                           pool_size=pool_size, max_overflow=max_overflow)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        cursor = dbapi_connection.cursor()
+        for pragma in pragmas:
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    return engine
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # Room for a connection per request the API serves at once (sync routes run in anyio's 40 threads); the
         # default 5 + 10 made 32 concurrent clients wait out the pool timeout (`make bench-load`). All of them are
         # kept: a connection past `pool_size` is closed on its return, and opening one (pragmas, the schema read
         # on its first query) cost a fifth of a job poll under 32 clients.
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=40,
-                               max_overflow=10)
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        return engine
+        return sqlite_engine(url, timeout_s=30, pool_size=40, max_overflow=10, pragmas=(
+            "journal_mode=WAL", "busy_timeout=30000", "foreign_keys=ON", "synchronous=NORMAL"))
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 

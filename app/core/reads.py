@@ -23,13 +23,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Engine, Row, create_engine, event
+from sqlalchemy import Engine, Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql import Executable
 
 from app.core.config import get_settings
-from app.core.db import autocommit_connection
+from app.core.db import autocommit_connection, sqlite_engine
 
 # Connections an API process's polls hold at once: each holds one only for its round trip, so 32 concurrent
 # pollers used about 10 (`make bench-load`); past `pool_size` a connection is closed on its return.
@@ -60,16 +60,8 @@ def loop_sqlite_engine() -> Engine:
     url = get_settings().sqlalchemy_url
     engine = _LOOP_SQLITE_ENGINES.get(url)
     if engine is None:
-        engine = create_engine(url, connect_args={"timeout": 0, "check_same_thread": False}, pool_size=4,
-                               max_overflow=4)
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA busy_timeout=0")
-            cursor.execute("PRAGMA query_only=1")
-            cursor.close()
-
+        engine = sqlite_engine(url, timeout_s=0, pool_size=4, max_overflow=4,
+                               pragmas=("busy_timeout=0", "query_only=1"))
         _LOOP_SQLITE_ENGINES[url] = engine
     return engine
 
