@@ -309,8 +309,8 @@ class StructuredPruneConfig(_PruneBase):
     def output_problem(self, output_format: str) -> str | None:
         if output_format != "hf":
             return None
-        return self._hf_problem(set(self.units)) if self.units else (
-            self._hf_problem({"ffn"}) if self.scope == "global" else None)  # else: by the units found (`check`)
+        # Without units in the spec, `check` judges the units found on the model; only the scope is known here.
+        return self._hf_problem(set(self.units or ()))
 
     def _hf_problem(self, units: set[str]) -> str | None:
         """Why `units` pruned with this scope cannot be saved as a Hugging Face model, or None."""
