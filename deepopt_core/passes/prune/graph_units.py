@@ -285,7 +285,10 @@ def traced_groups(graph: torch.fx.Graph, modules: Mapping[str, nn.Module], claim
         first = node.args[0] if node.args else None
         current = value.get(first) if isinstance(first, torch.fx.Node) else None
         others_plain = all(a is first for a in inputs)  # no space read but through the first argument
-        if module is not None and (str(node.target) in claimed or calls[str(node.target)] > 1):
+        # A layer that is sliced (its weights or statistics) must be read at one place; a stateless module (one
+        # nn.ReLU a block calls twice, as torchvision's ResNets do) may be called anywhere.
+        sliced = isinstance(module, (nn.Linear, *CONV, *BATCH_NORM))
+        if module is not None and (str(node.target) in claimed or (sliced and calls[str(node.target)] > 1)):
             block_all(node, f"{node.target} is owned elsewhere or called twice")
             continue
         is_producer = module is not None and (isinstance(module, nn.Linear) or (

@@ -168,6 +168,21 @@ def test_width_students_narrow_the_same_unit_groups() -> None:
     assert student(x).shape == (2, 4)
 
 
+def test_a_stateless_module_called_twice_does_not_end_a_group() -> None:
+    # torchvision's blocks call one nn.ReLU after each conv; only a layer whose weights are sliced must be read
+    # at one place.
+    class SharedRelu(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c, self.relu = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2), nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(self.relu(self.b(self.relu(self.a(x)))))
+
+    groups = structured.find_unit_groups(SharedRelu())
+    assert [(g.name, g.consumers) for g in groups] == [("a", ["b"]), ("b", ["c"])]
+
+
 @pytest.mark.parametrize("form", ["eager", "torch_export"])
 def test_a_residual_stream_is_one_group_and_its_dead_channels_are_removed_exactly(form: str) -> None:
     """The stream of a residual block: every conv that adds into it is a producer, every layer that reads it a
